@@ -6,6 +6,7 @@ notebook has the same first cell and exactly one cell tagged `parameters`, and i
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -80,24 +81,132 @@ def notebook_path(name: str) -> Path:
 
 def execute_notebook(source: Union[str, os.PathLike], output: Union[str, os.PathLike],
                      parameters: Optional[dict] = None, cwd: Optional[Union[str, os.PathLike]] = None,
-                     timeout_s: Optional[int] = None, progress: bool = False) -> Path:
-    """Run a notebook with papermill; on failure raise UserError naming the failing cell and its error."""
+                     timeout_s: Optional[int] = None, progress: bool = False, log_output: bool = False) -> Path:
+    """Run a notebook with papermill; on failure raise UserError naming the failing cell and its error.
+
+    The executed copy is written under a temporary name next to `output` and renamed to `output` when the
+    run ends, successfully or not: `output` is always a complete notebook (the failing one shows the error).
+    The kernel is started so that it imports this very `mura_aug` package, installed or not.
+    `timeout_s` is the longest a single cell may run (seconds; None = no limit); `log_output` streams the
+    cells' printed output to the `papermill` logger while they run (for long batch runs).
+    """
     import papermill as pm
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(str(source), str(output), parameters=parameters or {}, cwd=str(cwd) if cwd else None,
-                            kernel_name="python3", progress_bar=progress, execution_timeout=timeout_s,
-                            log_output=False)
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot create the folder {output.parent} for the executed notebook: {exc.strerror}.",
+                        "Choose an output folder you can write to.") from exc
+    partial = output.with_name(f".{output.stem}.running{output.suffix}")
+    try:
+        with _kernel_imports_this_package(), _quiet_papermill_false_alarms(source):
+            pm.execute_notebook(str(source), str(partial), parameters=parameters or {},
+                                cwd=str(cwd) if cwd else None, kernel_name="python3", progress_bar=progress,
+                                execution_timeout=timeout_s, log_output=log_output)
     except pm.PapermillExecutionError as exc:
-        cell_source = _failing_cell_source(output, exc.exec_count)
-        raise UserError(
-            f"Notebook {Path(source).name} failed in cell [{exc.exec_count}]:\n{_indent(cell_source)}\n"
-            f"  {exc.ename}: {exc.evalue}",
-            f"Open the executed copy {output} to see the full traceback; fix the parameter or input it names "
-            "and run again (finished work is kept).") from None
+        _finish_partial(partial, output)
+        cell_source = exc.source or _failing_cell_source(output, exc.exec_count)
+        if exc.ename == "UserError":  # the error already says what to do: do not bury it under generic advice
+            fix = f"Do what the notebook's error above says, then run again (finished work is kept); {output} " \
+                  "holds the executed notebook."
+        else:
+            fix = (f"Open the executed copy {output} to see the full traceback; fix the parameter or input it "
+                   "names and run again (finished work is kept).")
+        raise UserError(f"Notebook {Path(source).name} failed in cell [{exc.exec_count}]:\n{_indent(cell_source)}\n"
+                        f"  {exc.ename}: {exc.evalue}", fix) from None
+    except Exception as exc:
+        # Not an error inside a cell: the kernel died (often out of memory), a cell ran past timeout_s,
+        # or the notebook file itself could not be read.
+        _finish_partial(partial, output)
+        problem = _describe_execution_failure(exc, timeout_s)
+        raise UserError(f"Notebook {Path(source).name} did not finish: {problem}",
+                        f"See the executed copy {output} for the last cell that ran; " + _fix_for(exc)) from exc
+    except BaseException:
+        _finish_partial(partial, output)  # KeyboardInterrupt: keep what ran, so the user can see where it stopped
+        raise
+    _finish_partial(partial, output)
     return output
+
+
+def _finish_partial(partial: Path, output: Path) -> None:
+    if partial.exists():
+        os.replace(partial, output)
+
+
+def _describe_execution_failure(exc: BaseException, timeout_s: Optional[int]) -> str:
+    name = type(exc).__name__
+    if name == "DeadKernelError":
+        return "the Python kernel died (usually out of memory)."
+    if name in ("CellTimeoutError", "TimeoutError"):
+        return f"a cell ran longer than the time limit of {timeout_s} s."
+    return f"{name}: {exc}"
+
+
+def _fix_for(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "DeadKernelError":
+        return "use smaller settings (BATCH, RESOLUTION, IMAGE_SIZE) or a machine with more memory, then rerun."
+    if name in ("CellTimeoutError", "TimeoutError"):
+        return "raise the time limit or use smaller settings, then rerun (finished work is kept)."
+    return "check that the notebook file is a valid .ipynb (regenerate it with its tools/make_notebook_*.py)."
+
+
+@contextlib.contextmanager
+def _quiet_papermill_false_alarms(source):
+    """Drop papermill's warnings about parameters it failed to parse itself.
+
+    papermill's own reader of the parameters cell gives up on some commented lines ("Unable to parse line
+    ...") and then warns "Passed unknown parameter" for names the cell does declare. Those warnings would send
+    users hunting for mistakes they did not make; genuinely unknown names still get papermill's warning.
+    """
+    import logging
+
+    try:
+        nb = read_notebook(source)
+        declared = set(parse_parameters_source(nb.cells[parameters_cells(nb)[0]].source))
+    except Exception:  # no or odd parameters cell: leave papermill's warnings alone
+        declared = set()
+
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            message = record.getMessage()
+            if message.startswith("Unable to parse line"):
+                return False
+            if message.startswith("Passed unknown parameter:"):
+                return message.split(":", 1)[1].strip() not in declared
+            return True
+
+    # A logger's filters see only records logged on it, so the module logger gets its own copy.
+    loggers = [logging.getLogger(name) for name in ("papermill", "papermill.translators")]
+    quiet = _Filter()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
+
+
+@contextlib.contextmanager
+def _kernel_imports_this_package():
+    """Put this package's folder first on the kernel's PYTHONPATH while a notebook runs.
+
+    The kernel is a separate process; without this it would import whatever `mura_aug` is installed (or,
+    finding none, the setup cell would try to pip-install one from the internet).
+    """
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    previous = os.environ.get("PYTHONPATH")
+    parts = [package_parent] + ([previous] if previous else [])
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
 
 
 def _failing_cell_source(executed: Path, exec_count) -> str:
@@ -124,3 +233,119 @@ def notebook_has_outputs(path: Union[str, os.PathLike]) -> List[int]:
     nb = nbformat.read(str(path), as_version=4)
     return [i for i, cell in enumerate(nb.cells)
             if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count"))]
+
+
+# --- the parameters cell ------------------------------------------------------------------------------
+
+PARAMETERS_TAG = "parameters"
+
+
+def read_notebook(path: Union[str, os.PathLike]):
+    """Load a notebook (nbformat v4), or raise UserError saying which file is unreadable."""
+    import nbformat
+
+    try:
+        return nbformat.read(str(path), as_version=4)
+    except FileNotFoundError:
+        raise UserError(f"The notebook {path} does not exist.", "Check the path (notebooks live in notebooks/).")
+    except Exception as exc:
+        raise UserError(f"The notebook {path} cannot be read as a Jupyter notebook ({type(exc).__name__}: {exc}).",
+                        "Regenerate it with its tools/make_notebook_*.py script, or restore it from git.") from None
+
+
+def parameters_cells(nb) -> List[int]:
+    """Indices of the cells tagged `parameters`."""
+    return [i for i, cell in enumerate(nb.cells) if PARAMETERS_TAG in cell.get("metadata", {}).get("tags", [])]
+
+
+def parse_parameters_source(source: str) -> Dict[str, dict]:
+    """Parse a parameters cell: name -> {"default": literal value, "comment": text, "line": 1-based line}.
+
+    The cell may hold only assignments of literals (`NAME = 3  # what it is`), blank lines and comments;
+    anything else raises ValueError saying which line is wrong. A comment counts for an assignment when it
+    is on one of its lines or on the comment line(s) directly above it.
+    """
+    import ast
+    import io
+    import tokenize
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise ValueError(f"line {exc.lineno}: not valid Python ({exc.msg})") from None
+    comments: Dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    lines = source.splitlines()
+    parameters: Dict[str, dict] = {}
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            target, value = statement.targets[0], statement.value
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            target, value = statement.target, statement.value
+        else:
+            raise ValueError(f"line {statement.lineno}: only `NAME = literal  # comment` lines belong here")
+        if not isinstance(target, ast.Name):
+            raise ValueError(f"line {statement.lineno}: assign to a plain name")
+        try:
+            default = ast.literal_eval(value)
+        except ValueError:
+            raise ValueError(f"line {statement.lineno}: {target.id} is not a literal (compute derived values "
+                             "in the next cell)") from None
+        comment_lines = [n for n in range(statement.lineno, statement.end_lineno + 1) if n in comments]
+        above = statement.lineno - 1
+        while above >= 1 and above in comments and lines[above - 1].lstrip().startswith("#"):
+            comment_lines.insert(0, above)
+            above -= 1
+        parameters[target.id] = {"default": default, "comment": " ".join(comments[n] for n in comment_lines),
+                                 "line": statement.lineno}
+    return parameters
+
+
+def read_parameters(path: Union[str, os.PathLike]) -> Dict[str, dict]:
+    """The parameters a notebook declares in its `parameters` cell (see `parse_parameters_source`)."""
+    nb = read_notebook(path)
+    tagged = parameters_cells(nb)
+    if len(tagged) != 1:
+        raise UserError(f"The notebook {path} has {len(tagged)} cells tagged 'parameters' (it needs exactly one).",
+                        "Regenerate it with its tools/make_notebook_*.py script.")
+    try:
+        return parse_parameters_source(nb.cells[tagged[0]].source)
+    except ValueError as exc:
+        raise UserError(f"The parameters cell of {path} is not plain literal assignments: {exc}.",
+                        "Keep only `NAME = literal  # comment` lines there.") from None
+
+
+def lint_notebook(path: Union[str, os.PathLike]) -> List[str]:
+    """What is wrong with a notebook meant to be committed (empty list = clean).
+
+    Clean means: no outputs and no execution counts; the first code cell is the setup cell (it installs
+    mura_aug when missing); exactly one cell tagged `parameters`, holding only literal assignments, each
+    with a comment.
+    """
+    nb = read_notebook(path)
+    problems = []
+    for index in notebook_has_outputs(path):
+        problems.append(f"cell {index} has outputs or an execution count (strip them: nbtools.write_notebook)")
+    code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
+    if not code_cells or "mura_aug" not in code_cells[0].source or "pip" not in code_cells[0].source:
+        problems.append("the first code cell is not the setup cell (nbtools.SETUP_CELL)")
+    tagged = parameters_cells(nb)
+    if len(tagged) != 1:
+        problems.append(f"{len(tagged)} cells are tagged 'parameters' (exactly one is needed)")
+    else:
+        cell = nb.cells[tagged[0]]
+        if cell.cell_type != "code":
+            problems.append("the cell tagged 'parameters' is not a code cell")
+        else:
+            try:
+                parameters = parse_parameters_source(cell.source)
+            except ValueError as exc:
+                problems.append(f"parameters cell: {exc}")
+            else:
+                if not parameters:
+                    problems.append("the parameters cell assigns nothing")
+                problems += [f"parameters cell: {name} (line {info['line']}) has no comment"
+                             for name, info in parameters.items() if not info["comment"]]
+    return problems

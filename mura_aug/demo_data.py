@@ -1,0 +1,355 @@
+"""A generated MURA-v1.1-shaped tree of bone-like radiographs, for demos, classrooms and tests.
+
+`make_demo_mura(out_dir)` writes `out_dir/MURA-v1.1/` with the same folders and CSVs as the real download
+(`train/XR_SHOULDER/patient00001/study1_positive/image1.png`, `train_image_paths.csv`,
+`train_labeled_studies.csv`, `valid_*`, no header rows, study paths ending in '/'), or the same members
+inside `out_dir/MURA-v1.1.zip`.
+
+Every image is drawn with numpy from a random anatomy: film that often does not fill the frame, black
+borders, soft tissue, a long bone with a joint head, a side-marker letter, noise. Positive (abnormal)
+studies carry metal hardware: a saturated plate with screws across the shaft, half of them also a displaced
+fracture gap. The plate is about a tenth of the film wide and two fifths long, so it stays visible after
+downscaling to 32 px: a GAN can reproduce it and a small CNN can learn it at 64 px.
+
+Deterministic per seed: the same arguments give byte-identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from mura_aug.errors import UserError
+
+BODY_PARTS = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
+MARKER_FILE = ".mura_aug_demo.json"  # written at the tree's root so a rerun with the same arguments is instant
+VALID_FRACTION = 0.2  # share of each body part's patients that go to the valid split
+POSITIVE_FRACTION = 0.5  # share of studies that are abnormal
+RGB_FRACTION = 0.1  # share of images saved as 3-channel PNG (the real MURA has some)
+MIN_SIDE_PX, MAX_SIDE_PX = 256, 512  # image height / width range in pixels
+
+
+@dataclass(frozen=True)
+class DemoImage:
+    """One image to draw: where it goes in the tree and what it shows."""
+
+    split: str
+    body_part: str
+    patient_id: int
+    study_number: int
+    positive: bool
+    view: int
+    seed: int  # per-image seed, so images can be drawn in any order
+
+    @property
+    def study_folder(self) -> str:
+        label = "positive" if self.positive else "negative"
+        return f"MURA-v1.1/{self.split}/{self.body_part}/patient{self.patient_id:05d}/study{self.study_number}_{label}/"
+
+    @property
+    def member(self) -> str:
+        return f"{self.study_folder}image{self.view}.png"
+
+
+# --- the tree plan --------------------------------------------------------------------------------
+
+def plan_tree(patients: int, seed: int, body_parts: Sequence[str]) -> List[DemoImage]:
+    """Every image of the tree, in CSV order. Train patients are numbered first, valid ones after them."""
+    rng = np.random.default_rng(seed)
+    per_part = []  # (body_part, n_train, n_valid)
+    for body_part in body_parts:
+        n_valid = max(1, int(round(patients * VALID_FRACTION)))
+        per_part.append((body_part, patients - n_valid, n_valid))
+    images: List[DemoImage] = []
+    next_patient = 1
+    for split in ("train", "valid"):
+        for body_part, n_train, n_valid in per_part:
+            count = n_train if split == "train" else n_valid
+            split_images: List[DemoImage] = []
+            for _ in range(count):
+                for study_number in range(1, int(rng.integers(1, 4)) + 1):  # 1-3 studies per patient
+                    positive = bool(rng.random() < POSITIVE_FRACTION)
+                    for view in range(1, int(rng.integers(1, 5)) + 1):  # 1-4 views per study
+                        split_images.append(DemoImage(split, body_part, next_patient, study_number, positive,
+                                                      view, int(rng.integers(0, 2**31 - 1))))
+                next_patient += 1
+            images.extend(_ensure_both_classes(split_images))
+    return images
+
+
+def _ensure_both_classes(images: List[DemoImage]) -> List[DemoImage]:
+    """Make sure a split of a body part holds both classes (tiny trees could draw only one)."""
+    studies = sorted({(im.patient_id, im.study_number) for im in images})
+    if len(studies) < 2 or len({im.positive for im in images}) == 2:
+        return images
+    flip = studies[0]  # the first study takes the missing class
+    return [DemoImage(im.split, im.body_part, im.patient_id, im.study_number, not im.positive, im.view, im.seed)
+            if (im.patient_id, im.study_number) == flip else im for im in images]
+
+
+# --- drawing --------------------------------------------------------------------------------------
+
+def draw_radiograph(seed: int, positive: bool) -> Image.Image:
+    """One bone-like radiograph ('L' mode, size between MIN_SIDE_PX and MAX_SIDE_PX per side)."""
+    rng = np.random.default_rng(seed)
+    height = int(rng.integers(MIN_SIDE_PX, MAX_SIDE_PX + 1))
+    width = int(rng.integers(MIN_SIDE_PX, MAX_SIDE_PX + 1))
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+
+    # Film: often smaller than the frame, leaving black borders (as scanned films do).
+    film_top, film_bottom, film_left, film_right = 0, height, 0, width
+    if rng.random() < 0.6:
+        film_top, film_left = (int(rng.uniform(0, 0.12) * n) for n in (height, width))
+        film_bottom = height - int(rng.uniform(0, 0.12) * height)
+        film_right = width - int(rng.uniform(0, 0.12) * width)
+    film_h, film_w = film_bottom - film_top, film_right - film_left
+    size = float(min(film_h, film_w))  # anatomy scales with the film's short side
+
+    # Background exposure: dark with a gentle gradient.
+    grad_angle = rng.uniform(0, 2 * math.pi)
+    gradient = (np.cos(grad_angle) * xs / width + np.sin(grad_angle) * ys / height)
+    image = rng.uniform(25, 55) + 15 * gradient
+
+    # Anatomy frame: u along the long bone, v across it.
+    cx = film_left + film_w * rng.uniform(0.4, 0.6)
+    cy = film_top + film_h * rng.uniform(0.4, 0.6)
+    theta = math.pi / 2 + rng.uniform(-0.5, 0.5)  # roughly vertical shaft
+    u = (xs - cx) * math.cos(theta) + (ys - cy) * math.sin(theta)
+    v = -(xs - cx) * math.sin(theta) + (ys - cy) * math.cos(theta)
+
+    # Soft tissue: a broad, faint band around the bone.
+    tissue_half_width = size * rng.uniform(0.22, 0.3)
+    image += rng.uniform(25, 40) * np.clip(1 - (v / tissue_half_width) ** 2, 0, 1) ** 0.5
+
+    # Long bone (shaft) from the joint head towards the film edge, optionally broken and displaced.
+    shaft_radius = size * rng.uniform(0.055, 0.07)
+    shaft_start, shaft_end = -0.15 * size, 0.75 * size
+    fracture_at = size * rng.uniform(0.2, 0.35)
+    fractured = positive and rng.random() < 0.5
+    shift = np.zeros_like(v)
+    if fractured:
+        shift = np.where(u > fracture_at, shaft_radius * rng.choice([-1, 1]) * rng.uniform(0.5, 0.9), 0.0)
+    v_bone = v - shift
+    bone_intensity = rng.uniform(120, 150)
+    across = np.clip(np.abs(v_bone) / shaft_radius, 0, 1)
+    shaft = (bone_intensity - 25 + 55 * across ** 4) * (np.abs(v_bone) < shaft_radius)  # bright cortex
+    shaft *= (u > shaft_start) & (u < shaft_end)
+    if fractured:
+        gap_half = size * 0.02
+        shaft *= np.abs(u - fracture_at) > gap_half
+    # Joint head: a dome at the top of the shaft.
+    head_radius = size * rng.uniform(0.12, 0.16)
+    head_distance = np.hypot(u - shaft_start, v) / head_radius
+    head = (bone_intensity + 10) * np.sqrt(np.clip(1 - head_distance ** 2, 0, 1)) ** 0.3 * (head_distance < 1)
+    # A dimmer flat bone (scapula-like) beside the head, and a thin clavicle-like bar across the top.
+    flat_u, flat_v = u - shaft_start + 0.05 * size, v + head_radius * 1.6
+    flat = (bone_intensity - 45) * ((flat_u / (0.35 * size)) ** 2 + (flat_v / (0.12 * size)) ** 2 < 1)
+    clavicle = (bone_intensity - 20) * ((np.abs(u - shaft_start + 1.4 * head_radius) < 0.025 * size)
+                                        & (np.abs(v) < 0.45 * size))
+    image = image + np.maximum.reduce([shaft, head, flat, clavicle])
+
+    if positive:
+        # Metal hardware: saturated, so it stays the brightest thing after any downscaling.
+        plate_length = size * rng.uniform(0.38, 0.48)
+        plate_centre = fracture_at if fractured else size * rng.uniform(0.2, 0.35)
+        plate_half_width = size * rng.uniform(0.045, 0.055)
+        plate_offset = shaft_radius * rng.uniform(-0.3, 0.3)
+        on_plate = (np.abs(u - plate_centre) < plate_length / 2) & (np.abs(v - plate_offset) < plate_half_width)
+        image = np.where(on_plate, 250.0, image)
+        screws = int(rng.integers(3, 6))
+        screw_half_width = size * 0.014
+        for position in np.linspace(-0.4, 0.4, screws) * plate_length:
+            on_screw = (np.abs(u - plate_centre - position) < screw_half_width) & (np.abs(v) < shaft_radius * 1.35)
+            image = np.where(on_screw, 240.0, image)
+
+    image += rng.normal(0, rng.uniform(3, 7), size=image.shape)
+    pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="L")
+    pil = pil.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.6, 1.4))))
+    _draw_side_marker(pil, rng, (film_left, film_top, film_right, film_bottom))
+
+    # Black borders outside the film.
+    pixels = np.asarray(pil).copy()
+    outside = (ys < film_top) | (ys >= film_bottom) | (xs < film_left) | (xs >= film_right)
+    pixels[outside] = rng.integers(0, 8)
+    return Image.fromarray(pixels, mode="L")
+
+
+def _draw_side_marker(pil: Image.Image, rng: np.random.Generator, film_box: Tuple[int, int, int, int]) -> None:
+    """A bright 'L' or 'R' in a corner of the film, drawn with strokes (no font files needed)."""
+    left, top, right, bottom = film_box
+    letter_h = max(12, int(min(right - left, bottom - top) * 0.07))
+    letter_w, stroke = int(letter_h * 0.65), max(2, letter_h // 6)
+    margin = letter_h // 2
+    x0 = left + margin if rng.random() < 0.5 else right - margin - letter_w
+    y0 = top + margin if rng.random() < 0.5 else bottom - margin - letter_h
+    draw, ink = ImageDraw.Draw(pil), 235
+    draw.rectangle([x0, y0, x0 + stroke, y0 + letter_h], fill=ink)  # the common vertical stroke
+    if rng.random() < 0.5:  # 'L'
+        draw.rectangle([x0, y0 + letter_h - stroke, x0 + letter_w, y0 + letter_h], fill=ink)
+    else:  # 'R': bowl and leg
+        draw.rectangle([x0, y0, x0 + letter_w, y0 + letter_h // 2], outline=ink, width=stroke)
+        draw.line([x0 + stroke, y0 + letter_h // 2, x0 + letter_w, y0 + letter_h], fill=ink, width=stroke)
+
+
+def encode_png(plan_item: DemoImage) -> bytes:
+    image = draw_radiograph(plan_item.seed, plan_item.positive)
+    if np.random.default_rng(plan_item.seed + 1).random() < RGB_FRACTION:
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)  # fast; these are throwaway demo files
+    return buffer.getvalue()
+
+
+# --- writing the tree -----------------------------------------------------------------------------
+
+def csv_texts(images: Sequence[DemoImage]) -> dict:
+    """The four CSVs of MURA-v1.1 (no header rows; study paths end in '/'), keyed by file name."""
+    texts = {}
+    for split in ("train", "valid"):
+        in_split = [im for im in images if im.split == split]
+        texts[f"{split}_image_paths.csv"] = "".join(f"{im.member}\n" for im in in_split)
+        studies = dict.fromkeys((im.study_folder, int(im.positive)) for im in in_split)
+        texts[f"{split}_labeled_studies.csv"] = "".join(f"{folder},{label}\n" for folder, label in studies)
+    return texts
+
+
+def make_demo_mura(out_dir: Union[str, os.PathLike], patients: int = 60, seed: int = 0,
+                   body_parts: Sequence[str] = ("XR_SHOULDER",), as_zip: bool = False,
+                   progress: bool = False) -> Path:
+    """Write a demo MURA-v1.1 tree into `out_dir` and return the `MURA-v1.1` folder (or the zip file).
+
+    patients: patients per body part (about 20 % of them go to valid); about 5 images per patient.
+    A rerun with the same arguments returns the existing tree at once. A folder that is not ours is never
+    overwritten.
+    """
+    body_parts = _check_arguments(patients, body_parts)
+    out_dir = Path(out_dir).expanduser()
+    settings = {"patients": int(patients), "seed": int(seed), "body_parts": list(body_parts), "version": 1}
+    target = out_dir / ("MURA-v1.1.zip" if as_zip else "MURA-v1.1")
+    if _is_same_demo(target, settings):
+        return target
+    if target.exists() and not _is_ours(target):
+        raise UserError(f"{target} already exists and was not generated by make-demo-data.",
+                        "Choose another --out folder; existing MURA data is never overwritten.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot create the demo data folder {out_dir}: {exc.strerror}.",
+                        "Pass an --out folder you can write to.") from exc
+
+    images = plan_tree(patients, seed, body_parts)
+    files = {"MURA-v1.1/" + name: text.encode() for name, text in csv_texts(images).items()}
+    from tqdm.auto import tqdm
+
+    pngs = ((im.member, encode_png(im)) for im in images)
+    pngs = tqdm(pngs, total=len(images), desc="demo radiographs", unit="img", disable=not progress)
+    marker = json.dumps(settings).encode()
+    if as_zip:
+        _write_zip(target, files, pngs, marker)
+    else:
+        _write_folder(target, files, pngs, marker)
+    return target
+
+
+def _check_arguments(patients: int, body_parts: Sequence[str]) -> Tuple[str, ...]:
+    if isinstance(body_parts, str):
+        body_parts = (body_parts,)
+    if any(str(bp).lower() == "all" for bp in body_parts):
+        body_parts = BODY_PARTS
+    parts = tuple(str(bp).upper() for bp in body_parts)
+    unknown = [bp for bp in parts if bp not in BODY_PARTS]
+    if unknown or not parts:
+        raise UserError(f"Unknown body part(s) {', '.join(unknown) or '(none given)'}.",
+                        f"Use one or more of {', '.join(BODY_PARTS)}, or 'all'.")
+    if int(patients) < 2:
+        raise UserError(f"patients={patients} is too few: train and valid each need at least one patient.",
+                        "Use --patients 2 or more (60 gives about 300 images).")
+    return parts
+
+
+def _is_same_demo(target: Path, settings: dict) -> bool:
+    try:
+        if target.is_dir():
+            return json.loads((target / MARKER_FILE).read_text()) == settings
+        if target.is_file():
+            with zipfile.ZipFile(target) as archive:
+                return json.loads(archive.read("MURA-v1.1/" + MARKER_FILE)) == settings
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    return False
+
+
+def _is_ours(target: Path) -> bool:
+    if target.is_dir():
+        return (target / MARKER_FILE).is_file()
+    try:
+        with zipfile.ZipFile(target) as archive:
+            return ("MURA-v1.1/" + MARKER_FILE) in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _write_folder(target: Path, files: dict, pngs, marker: bytes) -> None:
+    # Built in a temporary sibling and renamed, so an interrupted run never leaves half a tree behind.
+    staging = Path(tempfile.mkdtemp(prefix=".MURA-v1.1.", dir=target.parent))
+    try:
+        for member, data in list(files.items()) + list(pngs):
+            path = staging / member.removeprefix("MURA-v1.1/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        (staging / MARKER_FILE).write_bytes(marker)
+        staging.chmod(0o755)  # mkdtemp makes it private; a data tree should be readable like any folder
+        if target.exists():  # an older demo tree of ours (checked by the caller)
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"Could not write the demo tree to {target}: {exc.strerror or exc}.",
+                        "Check free space and permissions of the --out folder, then rerun.") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_zip(target: Path, files: dict, pngs, marker: bytes) -> None:
+    from mura_aug.workspace import atomic_path
+
+    with atomic_path(target) as tmp:
+        # PNGs are already compressed: store them; deflate only the CSVs.
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for member, data in files.items():
+                archive.writestr(member, data, compress_type=zipfile.ZIP_DEFLATED)
+            for member, data in pngs:
+                archive.writestr(member, data, compress_type=zipfile.ZIP_STORED)
+            archive.writestr("MURA-v1.1/" + MARKER_FILE, marker)
+        tmp.chmod(0o644)  # the temporary file is private; the finished zip is an ordinary data file
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="folder to write MURA-v1.1/ (or MURA-v1.1.zip) into")
+    parser.add_argument("--patients", type=int, default=60,
+                        help="patients per body part, about 5 images each (default 60)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default 0)")
+    parser.add_argument("--body-parts", nargs="+", default=["XR_SHOULDER"],
+                        help=f"body parts to draw, or 'all' (default XR_SHOULDER); choices: {' '.join(BODY_PARTS)}")
+    parser.add_argument("--zip", action="store_true", help="write MURA-v1.1.zip instead of a folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = make_demo_mura(args.out, patients=args.patients, seed=args.seed, body_parts=args.body_parts,
+                          as_zip=args.zip, progress=True)
+    print(f"demo MURA written: {path}")
+    return 0
