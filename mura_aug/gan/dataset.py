@@ -1,0 +1,242 @@
+"""Training images for the GAN: the dataset zip(s) of stage 01, read once into one uint8 array on local disk.
+
+In Colab the workspace is Google Drive, where reading thousands of small PNGs one by one is slow. So the zip
+is read once, decoded, resized to the training resolution if needed, and cached as a `.npy` in
+`workspace.cache` (the VM's local disk in Colab). Training then memory-maps that array. The cache key holds
+the size and modification time of every source zip and the resolution, so a rebuilt dataset is re-read.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import zipfile
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from mura_aug.errors import UserError
+from mura_aug.workspace import Workspace, atomic_path
+
+LABELS = ("positive", "negative", "both")
+CLASS_LABEL = {"negative": 0, "positive": 1}  # the one-hot column of a class-conditional GAN (docs/contracts.md)
+CLASS_NAMES = ["negative", "positive"]  # index = label
+MIN_RESOLUTION = 16  # px; the GAN has blocks from 4x4 upwards, so smaller makes no sense
+
+
+def check_resolution(resolution: int) -> int:
+    resolution = int(resolution)
+    if resolution < MIN_RESOLUTION or resolution & (resolution - 1):
+        raise UserError(f"The training resolution {resolution} px is not a power of two >= {MIN_RESOLUTION}.",
+                        "Use 16, 32, 64, 128, 256, 512 or 1024.")
+    return resolution
+
+
+def classes_of(label: str) -> List[str]:
+    if label not in LABELS:
+        raise UserError(f"Unknown label {label!r}.",
+                        "Use positive (abnormal), negative (normal) or both (one class-conditional GAN).")
+    return ["negative", "positive"] if label == "both" else [label]
+
+
+def _dataset_file(workspace: Workspace, body_part: str, cls: str, res: int) -> Path:
+    try:
+        from mura_aug.prepare import dataset_path
+    except ImportError:  # stage 01's module not installed yet: the contract's name
+        return workspace.datasets / f"{body_part}_{cls}_{res}.zip"
+    return Path(dataset_path(workspace, body_part, cls, res))
+
+
+def available_resolutions(workspace: Workspace, body_part: str, cls: str) -> List[int]:
+    """Resolutions (px) of the datasets stage 01 built for this body part and class, ascending."""
+    pattern = re.compile(rf"^{re.escape(body_part)}_{re.escape(cls)}_(\d+)\.zip$")
+    found = []
+    if workspace.datasets.is_dir():
+        for path in workspace.datasets.iterdir():
+            match = pattern.match(path.name)
+            if match:
+                found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def choose_source(workspace: Workspace, body_part: str, cls: str, resolution: Optional[int]) -> Tuple[Path, int]:
+    """The dataset zip to train from at `resolution` (None = the largest there is), and its resolution:
+    the same resolution, else the smallest larger one (then downsampled)."""
+    found = available_resolutions(workspace, body_part, cls)
+    if not found:
+        raise UserError(
+            f"No GAN dataset for {body_part} {cls} in {workspace.datasets}.",
+            "Run stage 01 first: notebook 01_prepare, or python -m mura_aug prepare --workspace "
+            f"{workspace.root} ... (python -m mura_aug prepare --help shows its options).")
+    if resolution is None:
+        return _dataset_file(workspace, body_part, cls, found[-1]), found[-1]
+    larger = [r for r in found if r >= resolution]
+    if not larger:
+        raise UserError(
+            f"The {body_part} {cls} datasets in {workspace.datasets} are {', '.join(map(str, found))} px, "
+            f"smaller than the training resolution {resolution} px (upsampling would only blur).",
+            f"Train at {found[-1]} px or less, or rerun stage 01 with --resolution {resolution}.")
+    return _dataset_file(workspace, body_part, cls, larger[0]), larger[0]
+
+
+def read_dataset_zip(path: Path, resolution: int, progress: bool = False):
+    """Decode every PNG of an NVlabs-layout dataset zip into uint8 [N, 3, R, R], resizing with an
+    antialiasing filter when the images are larger than `resolution`."""
+    import numpy as np
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise UserError(f"The GAN dataset {path} cannot be opened ({exc}); it may be incomplete.",
+                        "Delete it and rerun stage 01 (prepare) to rebuild it.") from exc
+    with archive:
+        names = sorted(n for n in archive.namelist() if n.lower().endswith(".png"))
+        if not names:
+            raise UserError(f"The GAN dataset {path} holds no PNG images.", "Rerun stage 01 (prepare).")
+        images = np.empty((len(names), 3, resolution, resolution), dtype=np.uint8)
+        for index, name in enumerate(tqdm(names, desc=f"reading {path.name}", disable=not progress, leave=False)):
+            try:
+                with Image.open(io.BytesIO(archive.read(name))) as image:
+                    image = image.convert("RGB")
+                    if image.size != (resolution, resolution):
+                        image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+                    images[index] = np.asarray(image).transpose(2, 0, 1)
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise UserError(f"The image {name} in {path} cannot be decoded ({exc}).",
+                                "Delete the dataset zip and rerun stage 01 (prepare) to rebuild it.") from exc
+    return images
+
+
+def _cache_key(sources: List[Path], resolution: int) -> str:
+    parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sources]
+    return hashlib.sha1(("|".join(parts) + f"|{resolution}").encode()).hexdigest()[:12]
+
+
+def load_training_images(workspace, body_part: str = "XR_SHOULDER", label: str = "positive",
+                         resolution: Optional[int] = None, progress: bool = False, mmap: bool = True):
+    """(images uint8 [N, 3, R, R], labels int64 [N]) for `label` ('positive', 'negative' or 'both';
+    labels 0 = negative, 1 = positive). Cached in workspace.cache after the first call; memory-mapped
+    (read only) when `mmap`."""
+    import numpy as np
+
+    workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    classes = classes_of(label)
+    if resolution is not None:
+        resolution = check_resolution(resolution)
+    sources = []
+    for cls in classes:
+        sources.append(choose_source(workspace, body_part, cls, resolution))
+    if resolution is None:
+        resolution = min(res for _, res in sources)
+    resolution = check_resolution(resolution)
+    paths = [path for path, _ in sources]
+    key = _cache_key(paths, resolution)
+    cache_dir = workspace.cache / "training_arrays"
+    images_file = cache_dir / f"{body_part}_{label}_{resolution}_{key}.images.npy"
+    labels_file = cache_dir / f"{body_part}_{label}_{resolution}_{key}.labels.npy"
+    if not (images_file.is_file() and labels_file.is_file()):
+        arrays, labels = [], []
+        for cls, path in zip(classes, paths):
+            images = read_dataset_zip(path, resolution, progress=progress)
+            arrays.append(images)
+            labels.append(np.full(len(images), CLASS_LABEL[cls], dtype=np.int64))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in cache_dir.glob(f"{body_part}_{label}_{resolution}_*.npy"):
+            stale.unlink(missing_ok=True)  # an older version of the same dataset
+        _save_npy(images_file, np.concatenate(arrays))
+        _save_npy(labels_file, np.concatenate(labels))
+    try:
+        images = np.load(images_file, mmap_mode="r" if mmap else None)
+        labels = np.load(labels_file)
+    except (OSError, ValueError) as exc:
+        images_file.unlink(missing_ok=True)
+        raise UserError(f"The cached training array {images_file} is unreadable ({exc}); it was removed.",
+                        "Run again: it is rebuilt from the dataset zip.") from exc
+    return images, labels
+
+
+def _save_npy(path: Path, array) -> None:
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+
+
+def dataset_description(workspace, body_part: str, label: str, resolution: Optional[int]) -> dict:
+    """What a run trains on (for training_options.json)."""
+    workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    sources = [choose_source(workspace, body_part, cls, resolution) for cls in classes_of(label)]
+    return {"sources": [str(p) for p, _ in sources], "source_resolutions": [r for _, r in sources]}
+
+
+class DataSampler:
+    """Endless shuffled minibatch indices over N images (and their mirror images when `mirror`).
+
+    Its random state is a numpy PCG64 generator whose state (plain ints) goes into every training state, so
+    a resumed run draws exactly the images the uninterrupted run would have drawn.
+    """
+
+    def __init__(self, num_images: int, seed: int = 0, mirror: bool = False):
+        import numpy as np
+
+        if num_images < 1:
+            raise UserError("The training set is empty.", "Rerun stage 01 (prepare) and check its summary.")
+        self.num_images = int(num_images)
+        self.mirror = bool(mirror)
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.order = self.rng.permutation(self.size)
+        self.position = 0
+
+    @property
+    def size(self) -> int:
+        return self.num_images * (2 if self.mirror else 1)
+
+    def next_indices(self, count: int):
+        """(image indices, x-flip flags) of the next `count` items, reshuffling at every epoch."""
+        import numpy as np
+
+        picked = []
+        while len(picked) < count:
+            if self.position >= len(self.order):
+                self.order = self.rng.permutation(self.size)
+                self.position = 0
+            take = min(count - len(picked), len(self.order) - self.position)
+            picked.extend(self.order[self.position:self.position + take].tolist())
+            self.position += take
+        picked = np.asarray(picked, dtype=np.int64)
+        return picked % self.num_images, picked >= self.num_images
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "order": [int(i) for i in self.order],
+                "position": int(self.position), "num_images": self.num_images, "mirror": self.mirror}
+
+    def load_state_dict(self, state: dict) -> None:
+        import numpy as np
+
+        if int(state["num_images"]) != self.num_images or bool(state["mirror"]) != self.mirror:
+            raise UserError(
+                f"The training set changed since this run started ({state['num_images']} images then, "
+                f"{self.num_images} now), so the run cannot continue exactly.",
+                "Resume with the dataset the run started with, or start a new run (or use --transfer).")
+        self.rng.bit_generator.state = state["rng"]
+        self.order = np.asarray(state["order"], dtype=np.int64)
+        self.position = int(state["position"])
+
+
+def batch_tensors(images, labels, indices, flips, c_dim: int, device):
+    """(real images float [-1, 1] NCHW, one-hot labels [N, c_dim]) for the sampled indices."""
+    import numpy as np
+    import torch
+
+    batch = np.array(images[indices])  # a copy: the memory-mapped array is read only
+    if flips.any():
+        batch[flips] = batch[flips][..., ::-1]  # x-flip: mirror the width axis
+    img = torch.from_numpy(batch).to(device).to(torch.float32) / 127.5 - 1
+    c = torch.zeros(len(indices), c_dim, device=device)
+    if c_dim > 0:
+        c[torch.arange(len(indices)), torch.from_numpy(labels[indices]).to(device)] = 1
+    return img, c
+

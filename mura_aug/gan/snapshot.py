@@ -1,0 +1,420 @@
+"""Snapshots of a training run: the full training state, its file names, listing, resume and retention.
+
+A run folder `data/experiments/<run>/` holds, per snapshot at K kimg (K formatted `%010.3f` so names sort):
+  state-<K>kimg.pt    everything needed to continue bit for bit (networks, optimizers, ADA, RNG states, ...)
+  network-<K>kimg.pt  the light inference file (G_ema + constructor kwargs; see network_file.py)
+  fakes-<K>kimg.png   a grid of fakes from fixed latents
+
+Every file is written to a temporary name in the same folder, fsynced, checked and renamed (workspace.atomic_path),
+so a Colab disconnect or a SIGKILL mid-write leaves the previous snapshot as it was. A state file holds only
+tensors and plain Python values, so it loads with `torch.load(weights_only=True)`: opening one runs no code.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from mura_aug.errors import UserError
+from mura_aug.workspace import Workspace, atomic_path, atomic_write_text, free_bytes
+
+PathLike = Union[str, os.PathLike]
+
+STATE_FORMAT = "mura_aug.state"
+STATE_VERSION = 1
+STATE_KEYS = ("G", "D", "G_ema", "G_opt", "D_opt", "progress", "rng", "config")  # what a loadable state needs
+KIMG_FORMAT = "%010.3f"
+_SNAPSHOT_NAME = re.compile(r"^(state|network|fakes)-(\d+\.\d+)kimg\.(pt|png)$")
+# Test hook: seconds to sleep after the state bytes are written but before the rename, so that a test can
+# kill the process in the middle of a snapshot write. Never set outside tests.
+WRITE_DELAY_ENV = "MURA_AUG_TEST_SNAPSHOT_WRITE_DELAY"
+
+
+def kimg_tag(kimg: float) -> str:
+    """12.5 -> '000012.500' (the <K> of every snapshot file name)."""
+    return KIMG_FORMAT % kimg
+
+
+def state_path(run_dir: PathLike, kimg: float) -> Path:
+    return Path(run_dir) / f"state-{kimg_tag(kimg)}kimg.pt"
+
+
+def network_path(run_dir: PathLike, kimg: float) -> Path:
+    return Path(run_dir) / f"network-{kimg_tag(kimg)}kimg.pt"
+
+
+def fakes_path(run_dir: PathLike, kimg: float) -> Path:
+    return Path(run_dir) / f"fakes-{kimg_tag(kimg)}kimg.png"
+
+
+@dataclass
+class SnapshotInfo:
+    """The files of one snapshot (any of them may be missing, e.g. removed by retention)."""
+    kimg: float
+    state_path: Optional[Path]
+    network_path: Optional[Path]
+    fakes_path: Optional[Path]
+    mtime: float  # seconds since the epoch, newest of the files
+    size_bytes: int  # all files of this snapshot together
+
+    @property
+    def date(self) -> str:
+        return datetime.fromtimestamp(self.mtime).strftime("%Y-%m-%d %H:%M")
+
+
+@dataclass
+class RunInfo:
+    """One run folder under data/experiments. Usable as a path (os.fspath(run) is its folder)."""
+    name: str
+    path: Path
+    label: Optional[str]
+    cfg: Optional[str]
+    resolution: Optional[int]
+    kimg: float  # newest snapshot's kimg (0 when none yet)
+    target_kimg: Optional[float]
+    snapshots: int
+    states: int
+    size_bytes: int
+    mtime: float
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def list_snapshots(run_dir: PathLike) -> List[SnapshotInfo]:
+    """Snapshots of a run folder, oldest first (by kimg). Temporary files of interrupted writes are ignored."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    by_kimg: Dict[str, Dict[str, Path]] = {}
+    for path in run_dir.iterdir():
+        match = _SNAPSHOT_NAME.match(path.name)
+        if match:
+            by_kimg.setdefault(match.group(2), {})[match.group(1)] = path
+    infos = []
+    for tag in sorted(by_kimg, key=float):
+        files = by_kimg[tag]
+        stats = [p.stat() for p in files.values()]
+        infos.append(SnapshotInfo(kimg=float(tag), state_path=files.get("state"),
+                                  network_path=files.get("network"), fakes_path=files.get("fakes"),
+                                  mtime=max(s.st_mtime for s in stats), size_bytes=sum(s.st_size for s in stats)))
+    return infos
+
+
+def read_training_options(run_dir: PathLike) -> Dict[str, Any]:
+    path = Path(run_dir) / "training_options.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def list_runs(workspace) -> List[RunInfo]:
+    """Every run folder under data/experiments (those with training_options.json or a snapshot), by name."""
+    experiments = Workspace(workspace).experiments if not isinstance(workspace, Workspace) else workspace.experiments
+    runs = []
+    if not experiments.is_dir():
+        return runs
+    for folder in sorted(p for p in experiments.iterdir() if p.is_dir()):
+        snapshots = list_snapshots(folder)
+        options = read_training_options(folder)
+        if not snapshots and not options:
+            continue
+        files = [p for p in folder.iterdir() if p.is_file()]
+        runs.append(RunInfo(
+            name=folder.name, path=folder, label=options.get("label"), cfg=options.get("cfg"),
+            resolution=options.get("resolution"), kimg=snapshots[-1].kimg if snapshots else 0.0,
+            target_kimg=options.get("kimg"), snapshots=len(snapshots),
+            states=sum(1 for s in snapshots if s.state_path is not None),
+            size_bytes=sum(p.stat().st_size for p in files),
+            mtime=max([p.stat().st_mtime for p in files] or [folder.stat().st_mtime])))
+    return runs
+
+
+# --- saving and loading a full state ------------------------------------------------------------------
+
+def save_state(path: PathLike, state: Dict[str, Any]) -> Path:
+    """Write a training state atomically and check it by loading it back before it takes the final name.
+
+    A full disk raises UserError (from atomic_path) and leaves every earlier file untouched.
+    """
+    import torch
+
+    path = Path(path)
+    payload = {"format": STATE_FORMAT, "version": STATE_VERSION,
+               "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **state}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+        delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
+        if delay > 0:
+            time.sleep(delay)
+        problem = _check_state_file(tmp)
+        if problem:
+            raise UserError(f"The training state just written to {path} does not load back ({problem}).",
+                            "The disk may be failing or full; free space or choose another workspace, then "
+                            "resume with --resume latest.")
+    return path
+
+
+def _check_state_file(path: Path) -> Optional[str]:
+    """None when `path` is a complete state, otherwise what is wrong with it."""
+    try:
+        _load_state_unchecked(path)
+    except Exception as exc:  # any failure to read means "not usable"; the caller names the file
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _load_state_unchecked(path: Path) -> Dict[str, Any]:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError("not a mura_aug training state")
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    return state
+
+
+def load_state(path: PathLike) -> Dict[str, Any]:
+    """Load a training state (CPU tensors); UserError when it is truncated, corrupt or not a state."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"No training state at {path}.",
+                        "Pass a state-*kimg.pt file or a run folder (python -m mura_aug runs lists them).")
+    try:
+        return _load_state_unchecked(path)
+    except Exception as exc:
+        raise UserError(f"The training state {path} cannot be loaded ({type(exc).__name__}: {exc}); it is "
+                        "probably truncated by an interrupted write or copy.",
+                        "Resume from an earlier state of the same run: --resume latest skips unreadable ones."
+                        ) from exc
+
+
+def load_newest_state(run_dir: PathLike, log=print) -> Tuple[Optional[SnapshotInfo], Optional[Dict[str, Any]]]:
+    """The newest state of a run that loads, and its content; unreadable newer ones are skipped with a warning."""
+    for info in reversed(list_snapshots(run_dir)):
+        if info.state_path is None:
+            continue
+        try:
+            return info, _load_state_unchecked(info.state_path)
+        except Exception as exc:
+            message = (f"Skipping the training state {info.state_path}: it does not load "
+                       f"({type(exc).__name__}: {exc}); it was probably cut off by a disconnect.")
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            if log is not None:
+                log("warning: " + message)
+    return None, None
+
+
+def find_resumable(run_dir: PathLike) -> Optional[SnapshotInfo]:
+    """The newest snapshot of `run_dir` whose state file loads (None when there is none)."""
+    info, _ = load_newest_state(run_dir, log=None)
+    return info
+
+
+def remove_stale_temporaries(run_dir: PathLike) -> List[Path]:
+    """Delete temporary files left by writes that were killed (`.state-<K>kimg.pt.XXXX.pt.tmp` and friends).
+    Only names this module's writers produce are touched."""
+    removed = []
+    for path in Path(run_dir).glob(".*.tmp"):
+        if path.name.startswith((".state-", ".network-", ".fakes-", ".stats.jsonl.", ".training_options.json.")):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+# --- the stats log -----------------------------------------------------------------------------------
+
+def read_stats(run_dir: PathLike) -> List[Dict[str, Any]]:
+    """The stats lines of a run (one dict per tick); a line cut off by a kill is ignored."""
+    path = Path(run_dir) / "stats.jsonl"
+    if not path.is_file():
+        return []
+    lines = []
+    for raw in path.read_text().splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            lines.append(entry)
+    return lines
+
+
+def rewind_stats(run_dir: PathLike, tick: int) -> int:
+    """Keep only the stats lines up to and including `tick` (the resumed state's), so that after a resume
+    no tick appears twice and none is missing. Returns the number of lines kept."""
+    path = Path(run_dir) / "stats.jsonl"
+    kept = [entry for entry in read_stats(run_dir) if int(entry.get("tick", -1)) <= tick]
+    text = "".join(json.dumps(entry) + "\n" for entry in kept)
+    if path.exists() or kept:
+        atomic_write_text(path, text)
+    return len(kept)
+
+
+def append_stats(run_dir: PathLike, entry: Dict[str, Any]) -> None:
+    """Append one JSON line and flush it to disk (a kill can cut at most this line, which readers skip)."""
+    path = Path(run_dir) / "stats.jsonl"
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"The disk holding {path} is full; the stats line of tick {entry.get('tick')} was "
+                            "not written (the snapshots so far are intact).",
+                            "Free some space (old runs' state-*.pt files, the .cache folder), then continue "
+                            "with --resume latest.") from exc
+        raise
+
+
+# --- retention and disk space -------------------------------------------------------------------------
+
+def apply_retention(run_dir: PathLike, keep_states: int = 3, keep_networks_every: int = 1) -> List[Path]:
+    """Delete all but the newest `keep_states` state files; keep the inference file of every
+    `keep_networks_every`-th snapshot (counted over all snapshots, oldest = 1st) and of the newest.
+    Fakes grids are small and always kept. Returns the deleted files."""
+    if keep_states < 1:
+        raise UserError(f"keep_states={keep_states} would delete every training state, so the run could not "
+                        "be resumed.", "Keep at least 1 state (the default is 3).")
+    if keep_networks_every < 1:
+        raise UserError(f"keep_networks_every={keep_networks_every} is not a positive number of snapshots.",
+                        "Use 1 to keep the inference file of every snapshot, N to keep every N-th.")
+    snapshots = list_snapshots(run_dir)
+    deleted = []
+    with_state = [s for s in snapshots if s.state_path is not None]
+    for info in with_state[:-keep_states]:
+        info.state_path.unlink(missing_ok=True)
+        deleted.append(info.state_path)
+    for ordinal, info in enumerate(snapshots, start=1):
+        is_newest = ordinal == len(snapshots)
+        if info.network_path is not None and not is_newest and ordinal % keep_networks_every != 0:
+            info.network_path.unlink(missing_ok=True)
+            deleted.append(info.network_path)
+    return deleted
+
+
+def folder_bytes(folder: PathLike) -> int:
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(size) < 1024 or unit == "TB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024.0
+    return f"{size:.1f} TB"
+
+
+def estimate_state_bytes(G, D) -> int:
+    """Rough size (bytes) of a state file: G, G_ema and Adam's two moments of G; D and its two moments."""
+    def weight_bytes(module) -> int:
+        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+    return int((4 * weight_bytes(G) + 3 * weight_bytes(D)) * 1.02) + 100_000
+
+
+def check_free_space(run_dir: PathLike, state_bytes: int, network_bytes: int = 0) -> None:
+    """Refuse to start when the disk cannot hold two more snapshots (so a full disk is found before hours of
+    training, not at the first snapshot)."""
+    needed = 2 * (state_bytes + network_bytes)
+    available = free_bytes(run_dir)
+    if available < needed:
+        raise UserError(
+            f"Not enough free space for this run's snapshots in {run_dir}: each snapshot needs about "
+            f"{human_bytes(state_bytes + network_bytes)}, two need {human_bytes(needed)}, but only "
+            f"{human_bytes(available)} is free.",
+            f"Free at least {human_bytes(needed - available)} (delete old runs' state-*.pt files, the .cache "
+            "folder or Augmented_Fakes), lower --keep, or use a workspace on a larger disk.")
+
+
+# --- one trainer per run folder --------------------------------------------------------------------------
+
+LOCK_NAME = "run.lock"
+LOCK_STALE_SECONDS = 20 * 60  # a lock from another machine not refreshed for this long belongs to a dead run
+
+
+class RunLock:
+    """`run.lock` in a run folder while a process trains it, so that two sessions (say, two Colab tabs on the
+    same Drive) cannot write the same run at once. A lock left by a killed process is recognised (same
+    machine: its process id is gone; another machine: not refreshed for LOCK_STALE_SECONDS) and taken over."""
+
+    def __init__(self, run_dir: PathLike):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.owned = False
+        self._last_refresh = 0.0
+
+    def _holder(self) -> Optional[Dict[str, Any]]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _is_stale(self, holder: Optional[Dict[str, Any]]) -> bool:
+        import socket
+
+        if holder is None:
+            return True
+        if holder.get("host") == socket.gethostname():
+            try:
+                os.kill(int(holder.get("pid", -1)), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, ValueError, OSError):
+                return False
+            return int(holder.get("pid", -1)) == os.getpid()  # our own leftover (e.g. an earlier call)
+        try:
+            return time.time() - self.path.stat().st_mtime > LOCK_STALE_SECONDS
+        except OSError:
+            return True
+
+    def acquire(self) -> "RunLock":
+        import socket
+
+        holder = self._holder() if self.path.exists() else None
+        if self.path.exists() and not self._is_stale(holder):
+            raise UserError(
+                f"Another training process is writing {self.path.parent.name} right now (process "
+                f"{holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}).",
+                f"Wait for it to finish or stop it first. If no such process exists, delete {self.path}.")
+        atomic_write_text(self.path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                 "started": datetime.now(timezone.utc).isoformat(
+                                                     timespec="seconds")}))
+        self.owned = True
+        self._last_refresh = time.time()
+        return self
+
+    def refresh(self, every_seconds: float = 60.0) -> None:
+        """Touch the lock (cheap) so that other machines see the run is alive."""
+        if self.owned and time.time() - self._last_refresh >= every_seconds:
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+            self._last_refresh = time.time()
+
+    def release(self) -> None:
+        if self.owned:
+            holder = self._holder()
+            if holder is None or int(holder.get("pid", -1)) == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.owned = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False

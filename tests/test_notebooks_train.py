@@ -1,0 +1,66 @@
+"""Notebooks 02, 03 and 04: generated clean, one parameters cell, and they run with papermill at tiny settings."""
+import io
+import json
+import zipfile
+
+import nbformat
+import numpy as np
+import pytest
+from PIL import Image
+
+from mura_aug.gan import snapshot as snap
+from mura_aug.nbtools import NOTEBOOKS_DIR, execute_notebook, notebook_has_outputs
+from mura_aug.workspace import Workspace
+
+NOTEBOOKS = ("02_train_positive", "03_train_negative", "04_resume")
+TINY = dict(BODY_PART="XR_SHOULDER", CFG="tiny", RESOLUTION=16, KIMG=0.008, KIMG_PER_TICK=0.008, SNAP=1, BATCH=4,
+            MAX_MINUTES=None, DEVICE="cpu")
+
+
+def make_dataset(workspace: Workspace, cls: str, res: int = 16, count: int = 8) -> None:
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(workspace.datasets / f"XR_SHOULDER_{cls}_{res}.zip", "w") as archive:
+        for index in range(count):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (res, res), dtype=np.uint8)).convert("RGB").save(buffer, "PNG")
+            archive.writestr(f"00000/img{index:08d}.png", buffer.getvalue())
+        archive.writestr("dataset.json", json.dumps({"labels": None}))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_stored_notebook_is_clean_with_one_parameters_cell(name):
+    path = NOTEBOOKS_DIR / f"{name}.ipynb"
+    assert notebook_has_outputs(path) == []
+    nb = nbformat.read(str(path), as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    for line in tagged[0].source.splitlines():
+        assert "#" in line, f"parameter without a comment: {line}"
+    for cell in nb.cells:
+        assert len(cell.source.splitlines()) <= 25, "a cell longer than a screen"
+    expected_label = {"02_train_positive": 'LABEL = "positive"', "03_train_negative": 'LABEL = "negative"'}
+    if name in expected_label:
+        assert expected_label[name] in tagged[0].source
+
+
+def test_train_notebooks_and_resume_notebook_run_with_papermill(tmp_path):
+    workspace = Workspace(tmp_path / "ws").ensure()
+    make_dataset(workspace, "positive")
+    make_dataset(workspace, "negative")
+    for name, label in (("02_train_positive", "positive"), ("03_train_negative", "negative")):
+        execute_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", tmp_path / f"{name}.ipynb",
+                         parameters={"WORKSPACE": str(workspace.root), **TINY}, cwd=tmp_path)
+        run_dir = workspace.experiments / f"XR_SHOULDER-{label}-tiny-16"
+        assert [line["tick"] for line in snap.read_stats(run_dir)] == [1]
+    executed = nbformat.read(str(tmp_path / "02_train_positive.ipynb"), as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+
+    negative_run = workspace.experiments / "XR_SHOULDER-negative-tiny-16"
+    execute_notebook(NOTEBOOKS_DIR / "04_resume.ipynb", tmp_path / "04_resume.ipynb",
+                     parameters={"WORKSPACE": str(workspace.root), "RUN": negative_run.name, "KIMG": 0.016,
+                                 "MAX_MINUTES": None, "DEVICE": "cpu"}, cwd=tmp_path)
+    stats = snap.read_stats(negative_run)
+    assert [line["tick"] for line in stats] == [1, 2]
+    assert stats[-1]["kimg"] == pytest.approx(0.016)
+    assert snap.find_resumable(negative_run).kimg == pytest.approx(0.016)

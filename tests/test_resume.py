@@ -1,0 +1,187 @@
+"""Exact resume, kills at random moments, a truncated newest state, a full disk (issue 4, "Done when")."""
+import errno
+import io
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mura_aug.errors import UserError
+from mura_aug.gan import snapshot as snap
+from mura_aug.gan.training_loop import train, without_timings
+from mura_aug.workspace import Workspace
+
+TICK_KIMG = 0.008  # 2 iterations of 4 images per tick: fast on a 2-core CPU
+FAST = dict(cfg="tiny", resolution=16, kimg_per_tick=TICK_KIMG, snap=1, batch=4, device="cpu", progress=False,
+            log=lambda text: None)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_dataset(root: Path, cls: str = "positive", res: int = 16, count: int = 12) -> Workspace:
+    """A workspace with an NVlabs-layout dataset zip of `count` blurry bright bars on a dark field."""
+    workspace = Workspace(root).ensure()
+    rng = np.random.default_rng(len(cls))
+    yy, xx = np.mgrid[0:res, 0:res]
+    with zipfile.ZipFile(workspace.datasets / f"XR_SHOULDER_{cls}_{res}.zip", "w") as archive:
+        for index in range(count):
+            centre = res / 2 + rng.normal() * res / 10
+            pixels = 220 * np.exp(-((xx - centre) ** 2) / (2 * (res / 8) ** 2)) + rng.normal(0, 8, (res, res))
+            buffer = io.BytesIO()
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).convert("RGB").save(buffer, format="PNG")
+            archive.writestr(f"00000/img{index:08d}.png", buffer.getvalue())
+        archive.writestr("dataset.json", json.dumps({"labels": None}))
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def half_run(tmp_path_factory):
+    """A run stopped at 2 ticks (states at 0.008 and 0.016 kimg), to be copied by tests."""
+    workspace = make_dataset(tmp_path_factory.mktemp("half") / "ws")
+    run_dir = train(workspace, "positive", kimg=2 * TICK_KIMG, **FAST)
+    return workspace, run_dir
+
+
+def copy_run(half_run, target: Path):
+    workspace, run_dir = half_run
+    shutil.copytree(workspace.root, target)
+    return Workspace(target), target / "data" / "experiments" / run_dir.name
+
+
+def test_n_ticks_equal_half_plus_resume_plus_half_bitwise(half_run, tmp_path):
+    whole_ws = make_dataset(tmp_path / "whole")
+    whole = train(whole_ws, "positive", kimg=4 * TICK_KIMG, **FAST)
+    workspace, _ = copy_run(half_run, tmp_path / "pieces")
+    pieces = train(workspace, "positive", kimg=4 * TICK_KIMG, resume="latest", **FAST)
+
+    whole_stats, piece_stats = snap.read_stats(whole), snap.read_stats(pieces)
+    assert [line["tick"] for line in piece_stats] == [1, 2, 3, 4]  # none twice, none missing
+    assert without_timings(whole_stats) == without_timings(piece_stats)
+    last_whole = snap.load_state(snap.list_snapshots(whole)[-1].state_path)
+    last_piece = snap.load_state(snap.list_snapshots(pieces)[-1].state_path)
+    for key in ("G_ema", "G", "D"):
+        for name, tensor in last_whole[key].items():
+            assert torch.equal(tensor, last_piece[key][name]), f"{key}.{name} differs after resume"
+    assert last_whole["augment_p"] == last_piece["augment_p"]
+    assert last_whole["ada"] == last_piece["ada"]
+    for info_whole, info_piece in zip(snap.list_snapshots(whole), snap.list_snapshots(pieces)):
+        assert info_whole.kimg == info_piece.kimg
+        assert info_whole.fakes_path.read_bytes() == info_piece.fakes_path.read_bytes()
+
+
+def test_truncated_newest_state_is_skipped_on_resume(half_run, tmp_path):
+    workspace, run_dir = copy_run(half_run, tmp_path / "ws")
+    newest = snap.state_path(run_dir, 2 * TICK_KIMG)
+    newest.write_bytes(newest.read_bytes()[:1000])
+    messages = []
+    with pytest.warns(RuntimeWarning, match=newest.name):
+        train(workspace, "positive", kimg=3 * TICK_KIMG, resume="latest", **{**FAST, "log": messages.append})
+    assert any(newest.name in m and "Skipping" in m for m in messages)
+    assert any("resuming" in m and "000000.008" in m for m in messages)
+    stats = snap.read_stats(run_dir)
+    assert [line["tick"] for line in stats] == [1, 2, 3]
+    assert snap.load_state(snap.state_path(run_dir, 3 * TICK_KIMG))["progress"]["cur_tick"] == 3
+
+
+def test_full_disk_keeps_previous_state_and_says_so(half_run, tmp_path, monkeypatch):
+    workspace, run_dir = copy_run(half_run, tmp_path / "ws")
+    previous = snap.state_path(run_dir, 2 * TICK_KIMG)
+    previous_bytes = previous.read_bytes()
+    real_save = torch.save
+
+    def save(obj, handle, *args, **kwargs):
+        if ".state-" in os.path.basename(getattr(handle, "name", str(handle))):
+            handle.write(b"the first bytes")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(UserError) as info:
+        train(workspace, "positive", kimg=3 * TICK_KIMG, resume="latest", **FAST)
+    message = str(info.value)
+    assert "full" in message and "0.024 kimg" in message and previous.name in message
+    monkeypatch.setattr(torch, "save", real_save)
+    assert previous.read_bytes() == previous_bytes
+    assert not snap.state_path(run_dir, 3 * TICK_KIMG).exists()
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    assert snap.find_resumable(run_dir).kimg == pytest.approx(2 * TICK_KIMG)
+
+
+def test_refuses_to_start_when_two_states_do_not_fit(tmp_path, monkeypatch):
+    workspace = make_dataset(tmp_path / "ws")
+    monkeypatch.setattr(snap, "free_bytes", lambda path: 1000)
+    with pytest.raises(UserError, match="Not enough free space") as info:
+        train(workspace, "positive", kimg=TICK_KIMG, **FAST)
+    assert "Free at least" in info.value.fix
+    assert not snap.list_snapshots(workspace.experiments / "XR_SHOULDER-positive-tiny-16")
+
+
+def _train_command(workspace: Workspace, kimg: float):
+    return [sys.executable, "-m", "mura_aug", "train", "--workspace", str(workspace.root), "--label", "positive",
+            "--cfg", "tiny", "--resolution", "16", "--kimg", str(kimg), "--kimg-per-tick", str(TICK_KIMG),
+            "--snap", "1", "--batch", "4", "--resume", "latest", "--device", "cpu", "--no-progress"]
+
+
+def test_sigkill_at_random_moments_then_resume_finishes(tmp_path):
+    workspace = make_dataset(tmp_path / "ws")
+    run_dir = workspace.experiments / "XR_SHOULDER-positive-tiny-16"
+    target = 4 * TICK_KIMG
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           snap.WRITE_DELAY_ENV: "0.6"}  # each state write holds its temporary file for 0.6 s
+    rng = random.Random(1)
+    kills = {"during_write": 0, "random": 0}
+    for attempt in range(3):
+        process = subprocess.Popen(_train_command(workspace, target), cwd=REPO, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started = time.time()
+        deadline = started + (rng.uniform(1.0, 6.0) if attempt == 1 else 120)
+        while process.poll() is None and time.time() < deadline:
+            if attempt != 1 and run_dir.is_dir() and list(run_dir.glob(".state-*.tmp")):
+                break  # a state is being written right now
+            time.sleep(0.02)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills["during_write" if attempt != 1 else "random"] += 1
+        process.wait()
+    assert kills["during_write"] >= 1
+    finish = subprocess.run(_train_command(workspace, target), cwd=REPO, env={**env, snap.WRITE_DELAY_ENV: "0"},
+                            capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    stats = snap.read_stats(run_dir)
+    kimgs = [line["kimg"] for line in stats]
+    assert kimgs == sorted(set(kimgs)), "the stats log went back in kimg or repeated a tick"
+    assert [line["tick"] for line in stats] == list(range(1, len(stats) + 1))
+    assert kimgs[-1] == pytest.approx(target)
+    assert snap.find_resumable(run_dir).kimg == pytest.approx(target)
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_resume_from_an_nvlabs_pickle_keeps_its_kimg_and_p(tmp_path):
+    nvlabs_test = pytest.importorskip("test_nvlabs")  # its writer of NVlabs-format pickles
+    from mura_aug.gan import networks
+
+    nets = {key: nvlabs_test.randomized(networks.Generator(**nvlabs_test.G_KWARGS), seed)
+            for key, seed in (("G", 1), ("G_ema", 2))}
+    nets["D"] = nvlabs_test.randomized(networks.Discriminator(**nvlabs_test.D_KWARGS), 3)
+    pickle_path = tmp_path / "network-snapshot-000120.pkl"
+    nvlabs_test.write_pickle(pickle_path, nets)  # augment p 0.375 inside
+    workspace = make_dataset(tmp_path / "ws", res=32)
+    run_dir = train(workspace, "positive", resume=str(pickle_path), kimg=120.004,
+                    **{**FAST, "resolution": None, "kimg_per_tick": 0.004})
+    assert run_dir.name == "XR_SHOULDER-positive-tiny-32"
+    state = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
+    assert state["progress"]["cur_nimg"] == 120_004
+    assert state["augment_p"] == pytest.approx(0.375, abs=0.01)
+    assert snap.read_stats(run_dir)[0]["kimg"] == pytest.approx(120.004)
+    with pytest.raises(UserError, match="already holds snapshots"):
+        train(workspace, "positive", resume=str(pickle_path), kimg=121, **{**FAST, "resolution": None})

@@ -1,0 +1,252 @@
+"""The training data cache, a short training run through the CLI, retention, transfer with Freeze-D,
+the class-conditional run, and the clean stops (--max-minutes, Ctrl-C)."""
+import io
+import json
+import math
+import signal
+import urllib.error
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mura_aug import cli
+from mura_aug.errors import UserError
+from mura_aug.gan import dataset as dataset_module
+from mura_aug.gan import snapshot as snap
+from mura_aug.gan.dataset import DataSampler, load_training_images
+from mura_aug.gan.training_loop import train
+from mura_aug.workspace import Workspace
+
+TICK_KIMG = 0.008  # 2 iterations of 4 images
+FAST = dict(cfg="tiny", resolution=16, kimg_per_tick=TICK_KIMG, snap=1, batch=4, device="cpu", progress=False,
+            log=lambda text: None)
+RUN = "XR_SHOULDER-positive-tiny-16"
+
+
+def make_dataset(root: Path, cls: str = "positive", res: int = 16, count: int = 12) -> Workspace:
+    """A workspace with an NVlabs-layout dataset zip: `count` bright bars on a dark field, one per class value."""
+    workspace = Workspace(root).ensure()
+    rng = np.random.default_rng(len(cls))
+    yy, xx = np.mgrid[0:res, 0:res]
+    with zipfile.ZipFile(workspace.datasets / f"XR_SHOULDER_{cls}_{res}.zip", "w") as archive:
+        for index in range(count):
+            centre = res / 2 + rng.normal() * res / 10
+            pixels = 220 * np.exp(-((xx - centre) ** 2) / (2 * (res / 8) ** 2)) + rng.normal(0, 8, (res, res))
+            buffer = io.BytesIO()
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).convert("RGB").save(buffer, format="PNG")
+            archive.writestr(f"00000/img{index:08d}.png", buffer.getvalue())
+        archive.writestr("dataset.json", json.dumps({"labels": None}))
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A 3-tick run started from the command line, keeping 1 state and every 2nd inference file."""
+    workspace = make_dataset(tmp_path_factory.mktemp("cli") / "ws")
+    status = cli.main(["train", "--workspace", str(workspace.root), "--label", "positive", "--cfg", "tiny",
+                       "--resolution", "16", "--kimg", str(3 * TICK_KIMG), "--kimg-per-tick", str(TICK_KIMG),
+                       "--snap", "1", "--batch", "4", "--keep", "1", "--keep-networks-every", "2",
+                       "--device", "cpu", "--no-progress"])
+    assert status == 0
+    return workspace, workspace.experiments / RUN
+
+
+# --- data -------------------------------------------------------------------------------------------------
+
+def test_training_images_are_cached_resized_and_labelled(tmp_path, monkeypatch):
+    workspace = make_dataset(tmp_path / "ws", "positive", res=32, count=6)
+    make_dataset(tmp_path / "ws", "negative", res=32, count=4)
+    images, labels = load_training_images(workspace, "XR_SHOULDER", "both", 16)
+    assert images.shape == (10, 3, 16, 16) and images.dtype == np.uint8
+    assert sorted(labels.tolist()) == [0] * 4 + [1] * 6
+    # The bright bar survives the antialiased 32 -> 16 downsampling: the middle columns are the brightest.
+    assert images[:, 0, :, 6:10].mean() > images[:, 0, :, :3].mean() + 50
+    cached = list((workspace.cache / "training_arrays").glob("*.npy"))
+    assert len(cached) == 2
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("the zip was read again although the cache is valid")
+
+    monkeypatch.setattr(dataset_module, "read_dataset_zip", must_not_read)
+    again, _ = load_training_images(workspace, "XR_SHOULDER", "both", 16)
+    assert np.array_equal(np.asarray(again), np.asarray(images))
+
+
+def test_missing_or_too_small_dataset_says_what_to_do(tmp_path):
+    workspace = Workspace(tmp_path / "ws").ensure()
+    with pytest.raises(UserError, match="stage 01"):
+        load_training_images(workspace, "XR_SHOULDER", "positive", 16)
+    make_dataset(tmp_path / "ws", "positive", res=16, count=2)
+    with pytest.raises(UserError, match="smaller than the training resolution 32"):
+        load_training_images(workspace, "XR_SHOULDER", "positive", 32)
+    with pytest.raises(UserError, match="power of two"):
+        load_training_images(workspace, "XR_SHOULDER", "positive", 24)
+
+
+def test_data_sampler_continues_exactly_from_its_state():
+    sampler = DataSampler(5, seed=3, mirror=True)
+    sampler.next_indices(7)
+    saved = sampler.state_dict()
+    expected = [sampler.next_indices(4) for _ in range(5)]
+    other = DataSampler(5, seed=99, mirror=True)
+    other.load_state_dict(saved)
+    for indices, flips in expected:
+        got_indices, got_flips = other.next_indices(4)
+        assert np.array_equal(indices, got_indices) and np.array_equal(flips, got_flips)
+    first_epoch = DataSampler(5, seed=0, mirror=True).next_indices(10)
+    assert sorted(zip(first_epoch[0].tolist(), first_epoch[1].tolist())) == \
+        [(i, f) for i in range(5) for f in (False, True)]  # every image once, once mirrored
+    with pytest.raises(UserError, match="training set changed"):
+        DataSampler(6, mirror=True).load_state_dict(saved)
+
+
+# --- a run -----------------------------------------------------------------------------------------------
+
+def test_cli_run_writes_stats_grids_networks_and_keeps_what_it_promises(cli_run):
+    workspace, run_dir = cli_run
+    stats = snap.read_stats(run_dir)
+    assert [line["tick"] for line in stats] == [1, 2, 3]
+    assert [line["kimg"] for line in stats] == pytest.approx([0.008, 0.016, 0.024])
+    for line in stats:
+        for key in ("loss_G", "loss_D", "augment_p", "r_t", "sec_per_kimg"):
+            assert math.isfinite(line[key]), key
+        assert 0.0 <= line["augment_p"] <= 1.0
+    assert any("loss_r1" in line for line in stats) and any("pl_penalty" in line for line in stats)
+    options = json.loads((run_dir / "training_options.json").read_text())
+    assert options["label"] == "positive" and options["cfg"] == "tiny" and options["config"]["batch_size"] == 4
+
+    infos = snap.list_snapshots(run_dir)
+    assert [i.kimg for i in infos] == pytest.approx([0.008, 0.016, 0.024])
+    assert [i.state_path is not None for i in infos] == [False, False, True]  # --keep 1
+    assert [i.network_path is not None for i in infos] == [False, True, True]  # every 2nd + the newest
+    with Image.open(infos[-1].fakes_path) as grid:
+        assert grid.size == (8 * 16, 4 * 16)
+
+    from mura_aug.gan.network_file import load_generator
+
+    G = load_generator(run_dir)
+    assert G.snapshot_meta["kimg"] == pytest.approx(0.024) and G.img_resolution == 16
+    with torch.no_grad():
+        images = G(torch.randn(2, G.z_dim), torch.zeros(2, 0), noise_mode="const")
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_runs_command_lists_runs_and_snapshots(cli_run, capsys):
+    workspace, _ = cli_run
+    assert cli.main(["runs", "--workspace", str(workspace.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"{RUN}: 0.024 / 0.024 kimg, 3 snapshots (1 resumable)" in out
+    assert "0.016 kimg" in out and "network+fakes" in out and "state+network+fakes" in out
+
+
+def test_starting_over_an_existing_run_needs_resume(cli_run, capsys):
+    workspace, _ = cli_run
+    args = ["train", "--workspace", str(workspace.root), "--label", "positive", "--cfg", "tiny",
+            "--resolution", "16", "--kimg", "0.024", "--device", "cpu", "--no-progress"]
+    assert cli.main(args) == 2
+    assert "--resume latest" in capsys.readouterr().err
+    # --resume latest at the target trains nothing and changes nothing.
+    before = snap.read_stats(workspace.experiments / RUN)
+    assert cli.main(args + ["--resume", "latest"]) == 0
+    assert snap.read_stats(workspace.experiments / RUN) == before
+
+
+def test_transfer_with_freeze_d_keeps_frozen_blocks(cli_run, tmp_path):
+    source_ws, source_run = cli_run
+    source = snap.load_state(snap.list_snapshots(source_run)[-1].state_path)
+    workspace = make_dataset(tmp_path / "ws")
+    run_dir = train(workspace, "positive", kimg=TICK_KIMG, transfer=str(source_run), freeze_d=1, run="transfer",
+                    **FAST)
+    result = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
+    assert result["progress"]["cur_nimg"] == 8  # weights only: the image count starts again
+    frozen = [name for name in result["D"] if name.startswith("b16.") and "weight" in name]
+    trained = [name for name in result["D"] if name.startswith("b4.") and "weight" in name]
+    assert frozen and trained
+    for name in frozen:
+        assert torch.equal(result["D"][name], source["D"][name]), f"{name} changed although frozen"
+    assert any(not torch.equal(result["D"][n], source["D"][n]) for n in trained)
+
+
+def test_transfer_by_name_without_network_is_a_clear_error(tmp_path, monkeypatch):
+    workspace = make_dataset(tmp_path / "ws")
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(UserError, match="Cannot download") as info:
+        train(workspace, "positive", kimg=TICK_KIMG, transfer="ffhq256", **FAST)
+    assert "weights" in info.value.fix
+    assert not list(workspace.weights_cache.glob("*.pkl"))
+
+
+def test_both_labels_train_one_conditional_generator(tmp_path):
+    workspace = make_dataset(tmp_path / "ws", "positive")
+    make_dataset(tmp_path / "ws", "negative")
+    run_dir = train(workspace, "both", kimg=TICK_KIMG, **FAST)
+    assert run_dir.name == "XR_SHOULDER-both-tiny-16"
+    from mura_aug.gan.network_file import load_generator
+
+    G = load_generator(run_dir)
+    assert G.c_dim == 2 and G.snapshot_meta["class_names"] == ["negative", "positive"]
+
+
+def test_max_minutes_and_ctrl_c_stop_with_a_final_state(tmp_path):
+    workspace = make_dataset(tmp_path / "ws")
+    run_dir = train(workspace, "positive", kimg=1.0, max_minutes=1e-6, **FAST)
+    state = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
+    assert state["stop_reason"] == "max_minutes" and state["progress"]["cur_nimg"] == 4  # one iteration
+
+    def press_stop(line):  # the notebook's stop button sends SIGINT (once; a second press interrupts at once)
+        if line["tick"] == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    handler_before = signal.getsignal(signal.SIGINT)
+    run_dir = train(workspace, "positive", kimg=1.0, resume="latest", on_tick=press_stop, **FAST)
+    # Tick 2 ends at 12 images and presses stop; the loop finishes the next iteration and writes a state.
+    state = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
+    assert state["stop_reason"] == "interrupted" and state["progress"]["cur_nimg"] == 16
+    assert [line["tick"] for line in snap.read_stats(run_dir)] == [1, 2, 3]
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is given back
+
+
+def test_bad_parameters_are_user_errors(tmp_path):
+    workspace = make_dataset(tmp_path / "ws")
+    for bad in (dict(kimg=0), dict(kimg_per_tick=-1), dict(snap=0), dict(keep_states=0), dict(cfg="huge")):
+        with pytest.raises(UserError):
+            train(workspace, "positive", **{**FAST, "kimg": 1.0, **bad})
+    with pytest.raises(UserError, match="Unknown label"):
+        train(workspace, "abnormal", **{**FAST, "kimg": 1.0})
+    with pytest.raises(UserError, match="not both"):
+        train(workspace, "positive", **{**FAST, "kimg": 1.0, "resume": "latest", "transfer": "ffhq256"})
+
+
+def test_reads_the_datasets_stage_01_writes(request, copy_workspace):
+    pytest.importorskip("mura_aug.prepare")
+    workspace = copy_workspace(request.getfixturevalue("prepared_workspace"))
+    images, labels = load_training_images(workspace, "XR_SHOULDER", "both", 16)
+    assert images.shape[1:] == (3, 16, 16) and images.dtype == np.uint8
+    assert set(labels.tolist()) == {0, 1}
+    assert 10 < images.mean() < 245  # real pictures, not an empty array
+
+
+def test_a_run_being_trained_by_another_process_is_refused(tmp_path):
+    import os
+    import socket
+
+    workspace = make_dataset(tmp_path / "ws")
+    run_dir = workspace.experiments / RUN
+    run_dir.mkdir(parents=True)
+    lock = run_dir / snap.LOCK_NAME
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "earlier"}))
+    with pytest.raises(UserError, match=f"process {os.getppid()}"):
+        train(workspace, "positive", kimg=TICK_KIMG, **FAST)
+    assert lock.exists() and not snap.list_snapshots(run_dir)
+    # A lock whose process is gone (killed) is taken over, and given back at the end.
+    lock.write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": socket.gethostname(), "started": "earlier"}))
+    train(workspace, "positive", kimg=TICK_KIMG, **FAST)
+    assert snap.find_resumable(run_dir) is not None and not lock.exists()
