@@ -1,0 +1,306 @@
+"""Classroom widgets: a generator explorer, a snapshot browser and a "real or fake?" quiz.
+
+Core ipywidgets only (they work in Colab without extensions). The logic of each widget is a plain class
+that can be tested without a browser; the `*_widget` functions only wire controls to it and return the
+assembled box (its controls are reachable as attributes, so tests and notebooks can drive it too).
+"""
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from mura_aug.errors import UserError
+from mura_aug.workspace import CLASSES
+
+PathLike = Union[str, os.PathLike]
+DISPLAY_PX = 256  # width (pixels) the widgets show images at; small generators are upscaled
+
+
+def png_bytes(image: Union[Image.Image, np.ndarray], display_px: int = DISPLAY_PX) -> bytes:
+    """PNG bytes of an image, upscaled with nearest neighbour to `display_px` wide so small fakes are visible."""
+    if isinstance(image, np.ndarray):
+        from mura_aug.synth import to_pil
+
+        image = to_pil(image)
+    if image.width < display_px:
+        scale = max(1, display_px // image.width)
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- generator explorer -----------------------------------------------------------------------------------
+
+class GeneratorExplorer:
+    """Images from one or two generators (per class) for a seed, psi, style mixing and interpolation.
+
+    `generators`: {class: G} (one G may serve both classes if it is conditional) or a single G.
+    """
+
+    def __init__(self, generators, device="cpu"):
+        import torch
+
+        if not isinstance(generators, dict):
+            generators = {cls: generators for cls in CLASSES}
+        if not generators:
+            raise UserError("The generator explorer needs at least one generator.",
+                            "Load one with mura_aug.gan.load_generator(run folder or snapshot file).")
+        self.generators = generators
+        self.device = torch.device(device)
+        for G in generators.values():
+            G.to(self.device).eval()
+
+    @property
+    def classes(self) -> List[str]:
+        return list(self.generators)
+
+    def num_ws(self, cls: str) -> int:
+        return int(self._generator(cls).num_ws)
+
+    def _generator(self, cls: str):
+        if cls not in self.generators:
+            raise UserError(f"No generator for class {cls!r}.", f"Choose one of {', '.join(self.generators)}.")
+        return self.generators[cls]
+
+    def ws(self, cls: str, seed: int, psi: float):
+        """The per-layer latents w of one seed: 1 x num_ws x w_dim."""
+        import torch
+
+        from mura_aug.synth import class_vector, seed_latent
+
+        G = self._generator(cls)
+        z = torch.from_numpy(seed_latent(G, seed)).unsqueeze(0).to(self.device)
+        c = torch.from_numpy(class_vector(G, cls)).unsqueeze(0).to(self.device)
+        with torch.no_grad():
+            return G.mapping(z, c, truncation_psi=psi)
+
+    def render(self, cls: str, seed: int, psi: float = 1.0, mix_seed: Optional[int] = None,
+               crossover: Optional[int] = None, target_seed: Optional[int] = None,
+               t: float = 0.0) -> np.ndarray:
+        """One image (HWC uint8).
+
+        Interpolation: w moves from `seed` (t=0) to `target_seed` (t=1) in a straight line in W.
+        Style mixing: layers from `crossover` on take their w from `mix_seed` (coarse layers keep pose and
+        shape of `seed`, fine layers bring texture of `mix_seed`); crossover = num_ws means no mixing.
+        """
+        import torch
+
+        from mura_aug.synth import to_uint8
+
+        G = self._generator(cls)
+        ws = self.ws(cls, seed, psi)
+        if target_seed is not None and t:
+            ws = torch.lerp(ws, self.ws(cls, target_seed, psi), float(t))
+        if mix_seed is not None and crossover is not None and crossover < G.num_ws:
+            if not 0 <= crossover <= G.num_ws:
+                raise UserError(f"crossover={crossover} is outside 0..{G.num_ws}.", "Pick a layer in that range.")
+            ws = ws.clone()
+            ws[:, crossover:] = self.ws(cls, mix_seed, psi)[:, crossover:]
+        with torch.no_grad():
+            image = G.synthesis(ws, noise_mode="const")
+        return to_uint8(image)[0]
+
+
+def explorer_widget(explorer: GeneratorExplorer, display_px: int = DISPLAY_PX):
+    """Seed, psi and class controls, style mixing (second seed + crossover layer) and interpolation."""
+    import ipywidgets as w
+
+    first = explorer.classes[0]
+    num_ws = explorer.num_ws(first)
+    box = w.VBox()
+    box.seed = w.BoundedIntText(value=0, min=0, max=2 ** 32 - 1, description="seed")
+    box.psi = w.FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05, description="psi")
+    box.cls = w.Dropdown(options=explorer.classes, value=first, description="class")
+    box.mix_seed = w.BoundedIntText(value=1, min=0, max=2 ** 32 - 1, description="mix seed")
+    # layers from `crossover` on take the mix seed's w; the rightmost position (num_ws) means no mixing
+    box.crossover = w.IntSlider(value=num_ws, min=0, max=num_ws, description="crossover")
+    box.target_seed = w.BoundedIntText(value=2, min=0, max=2 ** 32 - 1, description="to seed")
+    box.t = w.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description="interpolate")
+    box.image = w.Image(format="png")
+    box.status = w.Label()
+
+    def update(_change=None):
+        try:
+            array = explorer.render(box.cls.value, box.seed.value, box.psi.value, box.mix_seed.value,
+                                    box.crossover.value, box.target_seed.value, box.t.value)
+        except UserError as exc:
+            box.status.value = str(exc).splitlines()[0]
+            return
+        box.image.value = png_bytes(array, display_px)
+        box.status.value = (f"{box.cls.value}, seed {box.seed.value}, psi {box.psi.value:.2f}"
+                            + (f", layers {box.crossover.value}+ from seed {box.mix_seed.value}"
+                               if box.crossover.value < num_ws else "")
+                            + (f", {box.t.value:.0%} towards seed {box.target_seed.value}" if box.t.value else ""))
+
+    for control in (box.seed, box.psi, box.cls, box.mix_seed, box.crossover, box.target_seed, box.t):
+        control.observe(update, names="value")
+    box.children = [w.HBox([w.VBox([box.seed, box.psi, box.cls]),
+                            w.VBox([box.mix_seed, box.crossover, box.target_seed, box.t])]),
+                    box.image, box.status]
+    update()
+    return box
+
+
+# --- snapshot browser ---------------------------------------------------------------------------------------
+
+class SnapshotBrowser:
+    """The fakes grids of a run, in kimg order."""
+
+    def __init__(self, run_dir: PathLike):
+        from mura_aug.synth import grid_kimg
+
+        self.run_dir = Path(run_dir)
+        grids = list(self.run_dir.glob("fakes*.png")) if self.run_dir.is_dir() else []
+        if not grids:
+            raise UserError(f"No fakes*.png grids in {self.run_dir}.",
+                            "Pick a run folder under data/experiments that has trained to its first snapshot.")
+        self.grids = sorted(grids, key=lambda p: (grid_kimg(p), p.name))
+        self.kimgs = [grid_kimg(p) for p in self.grids]
+
+    def __len__(self) -> int:
+        return len(self.grids)
+
+    def label(self, index: int) -> str:
+        return f"{self.kimgs[index]:g} kimg"
+
+    def image_bytes(self, index: int) -> bytes:
+        return self.grids[index].read_bytes()
+
+
+def snapshot_browser_widget(browser: SnapshotBrowser):
+    """A slider over kimg that shows the fakes grid saved at that point of training."""
+    import ipywidgets as w
+
+    box = w.VBox()
+    box.slider = w.SelectionSlider(options=[(browser.label(i), i) for i in range(len(browser))],
+                                   value=len(browser) - 1, description="snapshot",
+                                   layout=w.Layout(width="90%"))
+    box.image = w.Image(format="png", layout=w.Layout(max_width="100%"))
+    box.caption = w.Label()
+
+    def update(_change=None):
+        index = box.slider.value
+        box.image.value = browser.image_bytes(index)
+        box.caption.value = f"{browser.run_dir.name}: {browser.grids[index].name} ({browser.label(index)})"
+
+    box.slider.observe(update, names="value")
+    box.children = [box.slider, box.image, box.caption]
+    update()
+    return box
+
+
+# --- real or fake? -----------------------------------------------------------------------------------------
+
+class RealFakeQuiz:
+    """Shuffled real and generated X-rays; the player says real or fake and the quiz keeps score."""
+
+    def __init__(self, real_paths: Sequence[PathLike], fake_paths: Sequence[PathLike], rounds: int = 20,
+                 seed: int = 0):
+        real, fake = [Path(p) for p in real_paths], [Path(p) for p in fake_paths]
+        if not real or not fake:
+            raise UserError(f"The quiz needs real and fake images (got {len(real)} real, {len(fake)} fake).",
+                            "Run stage 01 (real images) and stage 05 (fakes) first.")
+        rng = random.Random(seed)
+        half = max(1, rounds // 2)
+        items = [(p, False) for p in rng.sample(real, min(half, len(real)))]
+        items += [(p, True) for p in rng.sample(fake, min(rounds - len(items), len(fake)))]
+        rng.shuffle(items)
+        self.items: List[Tuple[Path, bool]] = items
+        self.position = 0
+        self.correct = 0
+        self.answered = 0
+        with Image.open(fake[0]) as handle:
+            self.size = handle.size  # (width, height) px every image is shown at, so size gives nothing away
+
+    @property
+    def finished(self) -> bool:
+        return self.position >= len(self.items)
+
+    def current(self) -> Tuple[Path, bool]:
+        if self.finished:
+            raise UserError("The quiz is over.", "Start a new RealFakeQuiz to play again.")
+        return self.items[self.position]
+
+    def answer(self, says_fake: bool) -> bool:
+        """Record the answer for the current image, move on, and return whether it was right."""
+        _, is_fake = self.current()
+        right = bool(says_fake) == is_fake
+        self.correct += int(right)
+        self.answered += 1
+        self.position += 1
+        return right
+
+    def current_image(self) -> Image.Image:
+        """The current X-ray in grayscale at the fakes' size (real ones centre-cropped to the same shape)."""
+        from PIL import ImageOps
+
+        from mura_aug.synth import open_gray
+
+        path, _ = self.current()
+        image = open_gray(path)
+        return image if image.size == self.size else ImageOps.fit(image, self.size, Image.BICUBIC)
+
+    @property
+    def score_text(self) -> str:
+        return f"score {self.correct} / {self.answered} (of {len(self.items)})"
+
+
+def quiz_widget(quiz: RealFakeQuiz, display_px: int = DISPLAY_PX):
+    """Shows the quiz's current X-ray with 'Real' and 'Fake' buttons and the running score."""
+    import ipywidgets as w
+
+    box = w.VBox()
+    box.image = w.Image(format="png")
+    box.real_button = w.Button(description="Real", button_style="info")
+    box.fake_button = w.Button(description="Fake", button_style="warning")
+    box.feedback = w.Label()
+    box.score = w.Label(value=quiz.score_text)
+
+    def show_current():
+        if quiz.finished:
+            box.real_button.disabled = box.fake_button.disabled = True
+            box.feedback.value += f"  Done: {quiz.correct} of {quiz.answered} right."
+            return
+        box.image.value = png_bytes(quiz.current_image(), display_px)
+
+    def on_answer(says_fake: bool):
+        def handler(_button):
+            if quiz.finished:
+                return
+            path, is_fake = quiz.current()
+            right = quiz.answer(says_fake)
+            box.feedback.value = (("Right" if right else "Wrong") + f": that was a {'fake' if is_fake else 'real'} "
+                                  f"X-ray ({path.name}).")
+            box.score.value = quiz.score_text
+            show_current()
+        return handler
+
+    box.real_button.on_click(on_answer(False))
+    box.fake_button.on_click(on_answer(True))
+    box.children = [box.image, w.HBox([box.real_button, box.fake_button]), box.feedback, box.score]
+    show_current()
+    return box
+
+
+def quiz_from_workspace(workspace, body_part: str = "XR_SHOULDER", rounds: int = 20, seed: int = 0) -> RealFakeQuiz:
+    """A quiz over the workspace's real training images and its kept fakes of `body_part`."""
+    import pandas as pd
+
+    from mura_aug.synth import augmented_table_path
+    from mura_aug.workspace import resolve_workspace
+
+    workspace = resolve_workspace(workspace)
+    table_file = augmented_table_path(workspace, body_part)
+    if not table_file.is_file():
+        raise UserError(f"No augmented table {table_file}.", "Run stage 05 (notebook 05 or python -m mura_aug synth).")
+    table = pd.read_csv(table_file)
+    real = [workspace.root / p for p in table.loc[table["source"] != "synthetic", "path"]]
+    fake = [workspace.root / p for p in table.loc[table["source"] == "synthetic", "path"]]
+    return RealFakeQuiz(real, fake, rounds=rounds, seed=seed)
