@@ -1,0 +1,85 @@
+"""How long `python -m mura_aug demo` takes: a cold run in a new workspace, then a rerun of the same command.
+
+    python bench/bench_demo.py [--workspace DIR] [--out bench/results/demo.md]
+
+Target (issue 8): the cold run under 10 minutes on a 2-core CPU. The rerun shows what "each stage skips
+finished work" is worth. Times per notebook come from the `series_run.json` the demo writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_demo(workspace: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MPLBACKEND": "Agg"}
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, "-m", "mura_aug", "demo", "--workspace", str(workspace),
+                                "--no-progress"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    wall_s = time.perf_counter() - started
+    record_path = workspace / "results" / "notebooks" / "series_run.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {"notebooks": []}
+    if completed.returncode != 0:
+        print(completed.stdout[-3000:], completed.stderr[-3000:], sep="\n", file=sys.stderr)
+    return {"wall_s": wall_s, "returncode": completed.returncode, "notebooks": record["notebooks"]}
+
+
+def machine() -> str:
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+        torch_version = torch.__version__
+    except ImportError:
+        gpu, torch_version = "no GPU", "not installed"
+    return (f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), {gpu}, "
+            f"Python {platform.python_version()}, torch {torch_version}")
+
+
+def report(cold: dict, warm: dict) -> str:
+    lines = ["# `python -m mura_aug demo`: time on generated data", "",
+             f"Machine: {machine()}. Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+             "Settings: `mura_aug/demo_params.yaml`. Measured by `bench/bench_demo.py` (wall-clock, the machine "
+             "shared with other work, so expect some noise).", "",
+             "| notebook | cold run (s) | rerun (s) | status (cold / rerun) |", "|---|---:|---:|---|"]
+    warm_by_name = {entry["name"]: entry for entry in warm["notebooks"]}
+    for entry in cold["notebooks"]:
+        again = warm_by_name.get(entry["name"], {})
+        seconds = [f"{x['seconds']:.1f}" if x.get("seconds") is not None else "-" for x in (entry, again)]
+        lines.append(f"| {entry['name']} | {seconds[0]} | {seconds[1]} | {entry['status']} / "
+                     f"{again.get('status', '-')} |")
+    lines.append(f"| **whole command** (incl. start-up) | **{cold['wall_s']:.0f}** | **{warm['wall_s']:.0f}** | "
+                 f"exit {cold['returncode']} / {warm['returncode']} |")
+    verdict = "meets" if cold["returncode"] == 0 and cold["wall_s"] < 600 else "misses"
+    lines += ["", f"The cold run {verdict} the target of under 10 minutes ({cold['wall_s'] / 60:.1f} min)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", default=None, help="a new folder for the demo (default: a temporary one)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "demo.md"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        workspace = Path(args.workspace) if args.workspace else Path(scratch) / "demo"
+        cold = run_demo(workspace)
+        warm = run_demo(workspace)
+    text = report(cold, warm)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+    return 0 if cold["returncode"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

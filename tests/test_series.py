@@ -1,0 +1,308 @@
+"""The series runner: parameter files, validation, batches with a failing notebook, --only, the demo's guards."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mura_aug import cli, nbtools, series
+from mura_aug.errors import UserError
+
+# Every test notebook records the parameters it ran with into <WORKSPACE>/ran_<name>.json.
+RECORD_CELL = '''import json, pathlib
+pathlib.Path(WORKSPACE, "ran_{name}.json").write_text(json.dumps(dict(BODY_PART=BODY_PART, STEPS=STEPS, **EXTRA)))'''
+
+
+def _make_notebook(folder: Path, name: str, extra_parameters: str = "", body: str = "") -> Path:
+    parameters = ('WORKSPACE = None  # workspace folder\n'
+                  'BODY_PART = "XR_SHOULDER"  # MURA body part\n'
+                  'STEPS = 2  # how many steps\n' + extra_parameters)
+    extra_names = [line.split("=")[0].strip() for line in extra_parameters.splitlines() if "=" in line]
+    cells = [{"markdown": "Some prose."},
+             "EXTRA = {" + ", ".join(f"{n!r}: {n}" for n in extra_names) + "}",
+             RECORD_CELL.format(name=name)]
+    if body:
+        cells.append(body)
+    nb = nbtools.build_notebook(f"# {name}", parameters, cells)
+    return nbtools.write_notebook(folder / f"{name}.ipynb", nb)
+
+
+@pytest.fixture
+def toy_series(tmp_path) -> Path:
+    """Three small notebooks: 01 records its parameters, 02 fails when FAIL is true, 03 records too."""
+    folder = tmp_path / "notebooks"
+    _make_notebook(folder, "01_first", 'RATE = 0.5  # learning rate (1/step)\n')
+    _make_notebook(folder, "02_second", 'FAIL = True  # raise in the last cell\n',
+                   body='if FAIL:\n    raise ValueError("boom from the second notebook")')
+    _make_notebook(folder, "03_third", 'LABEL = "positive"  # class to use\n')
+    return folder
+
+
+def _declared(folder: Path):
+    return series.declared_parameters(series.find_notebooks(folder))
+
+
+# --- parameter files -------------------------------------------------------------------------------
+
+def test_merge_applies_common_then_section_then_overrides_only_where_declared(toy_series):
+    spec = {"common": {"STEPS": 7, "BODY_PART": "XR_WRIST", "RATE": 0.1},
+            2: {"STEPS": 9},  # YAML reads `02:` as the integer 2
+            "03_third": {"LABEL": "negative"}}
+    merged = series.merge_parameters(spec, _declared(toy_series), overrides={"WORKSPACE": "/ws"})
+    assert merged["01_first"] == {"STEPS": 7, "BODY_PART": "XR_WRIST", "RATE": 0.1, "WORKSPACE": "/ws"}
+    # RATE is declared only by 01: common values go only where the notebook declares the name
+    assert merged["02_second"] == {"STEPS": 9, "BODY_PART": "XR_WRIST", "WORKSPACE": "/ws"}
+    assert merged["03_third"] == {"STEPS": 7, "BODY_PART": "XR_WRIST", "LABEL": "negative", "WORKSPACE": "/ws"}
+
+
+def test_parameter_file_from_yaml_with_numbered_and_named_sections(toy_series, tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text('common:\n  STEPS: 3\n"01":\n  RATE: 0.25\n02:\n  FAIL: false\nthird:\n  LABEL: negative\n')
+    merged = series.merge_parameters(series.load_parameter_file(path), _declared(toy_series))
+    assert merged["01_first"] == {"STEPS": 3, "RATE": 0.25}
+    assert merged["02_second"] == {"STEPS": 3, "FAIL": False}
+    assert merged["03_third"] == {"STEPS": 3, "LABEL": "negative"}
+
+
+@pytest.mark.parametrize("spec, named, listed", [
+    ({"07": {"STEPS": 1}}, "'07'", "01_first, 02_second, 03_third"),
+    ({"01": {"STEP": 1}}, "STEP", "WORKSPACE, BODY_PART, STEPS, RATE"),
+    ({"02": {"RATE": 1.0}}, "RATE", "WORKSPACE, BODY_PART, STEPS, FAIL"),
+    ({"common": {"KIMG": 1}}, "KIMG", "BODY_PART, FAIL, LABEL, RATE, STEPS, WORKSPACE"),
+])
+def test_unknown_sections_and_names_are_refused_listing_the_valid_ones(toy_series, spec, named, listed):
+    with pytest.raises(UserError) as info:
+        series.merge_parameters(spec, _declared(toy_series))
+    assert named in info.value.problem
+    assert listed in info.value.fix
+
+
+def test_a_value_of_the_wrong_kind_is_refused(toy_series):
+    with pytest.raises(UserError, match=r"STEPS = 'many'.*01_first.*expects number"):
+        series.merge_parameters({"01": {"STEPS": "many"}}, _declared(toy_series))
+    # None, and an int where a float is expected, are fine
+    merged = series.merge_parameters({"01": {"RATE": 1, "WORKSPACE": None}}, _declared(toy_series))
+    assert merged["01_first"] == {"RATE": 1, "WORKSPACE": None}
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("common: [1, 2\n", "not valid YAML at line"),
+    ("- 1\n- 2\n", "must be a mapping"),
+    ('"01": 5\n', "must be a mapping of NAME: value"),
+])
+def test_broken_parameter_files_are_explained(toy_series, tmp_path, text, problem):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=problem):
+        series.merge_parameters(series.load_parameter_file(path), _declared(toy_series), source=str(path))
+    with pytest.raises(UserError, match="does not exist"):
+        series.load_parameter_file(tmp_path / "absent.yaml")
+
+
+def test_only_selects_in_series_order_by_number_or_name(toy_series):
+    available = series.find_notebooks(toy_series)
+    assert series.select_notebooks(available, "3,01") == ["01_first", "03_third"]
+    assert series.select_notebooks(available, ["second"]) == ["02_second"]
+    assert series.select_notebooks(available, None) == ["01_first", "02_second", "03_third"]
+    with pytest.raises(UserError, match="There is no notebook '05'"):
+        series.select_notebooks(available, "01,05")
+
+
+# --- executing batches -----------------------------------------------------------------------------
+
+def test_a_failing_notebook_stops_the_batch_and_is_reported_with_its_cell(toy_series, tmp_path, capsys):
+    workspace = tmp_path / "ws"
+    status = cli.main(["notebooks", "--notebooks-dir", str(toy_series), "--workspace", str(workspace),
+                       "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert json.loads((workspace / "ran_01_first.json").read_text())["STEPS"] == 2
+    assert not (workspace / "ran_03_third.json").exists()  # never started after the failure
+    # the error names the notebook, the failing cell's code and the exception
+    assert "Notebook 02_second.ipynb failed in cell" in out
+    assert 'raise ValueError("boom from the second notebook")' in out
+    assert "ValueError: boom from the second notebook" in out
+    table = out[out.index("notebook  "):]
+    rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:4]}
+    assert rows["01_first"][0] == "ok" and rows["02_second"][0] == "FAILED" and rows["03_third"] == ["not", "run"]
+    executed = workspace / "results" / "notebooks"
+    # the executed copies (no half-written leftovers) and a machine-readable record of the run
+    assert sorted(p.name for p in executed.iterdir()) == ["01_first.ipynb", "02_second.ipynb", "series_run.json"]
+    record = json.loads((executed / "series_run.json").read_text())
+    assert [(n["name"], n["status"]) for n in record["notebooks"]] == [
+        ("01_first", "ok"), ("02_second", "FAILED"), ("03_third", "not run")]
+    assert record["ok"] is False and record["notebooks"][0]["seconds"] > 0
+    assert "boom from the second notebook" in (executed / "02_second.ipynb").read_text()
+
+
+def test_only_and_a_parameter_file_run_just_those_notebooks_with_those_values(toy_series, tmp_path, capsys):
+    workspace, outputs = tmp_path / "ws", tmp_path / "executed"
+    params = tmp_path / "params.yaml"
+    params.write_text(f'common:\n  WORKSPACE: "{workspace}"\n  BODY_PART: XR_HAND\n'
+                      '"02":\n  FAIL: false\n  STEPS: 5\n"03":\n  LABEL: negative\n')
+    status = cli.main(["notebooks", "--notebooks-dir", str(toy_series), "--params", str(params),
+                       "--only", "02,03", "--output-dir", str(outputs), "--no-progress"])
+    assert status == 0, capsys.readouterr()
+    assert not (workspace / "ran_01_first.json").exists()
+    assert json.loads((workspace / "ran_02_second.json").read_text()) == {"BODY_PART": "XR_HAND", "STEPS": 5,
+                                                                          "FAIL": False}
+    assert json.loads((workspace / "ran_03_third.json").read_text()) == {"BODY_PART": "XR_HAND", "STEPS": 2,
+                                                                         "LABEL": "negative"}
+    assert sorted(p.name for p in outputs.glob("*.ipynb")) == ["02_second.ipynb", "03_third.ipynb"]
+
+
+def test_keep_going_runs_the_notebooks_after_a_failure(toy_series, tmp_path):
+    notebooks = series.find_notebooks(toy_series)
+    chosen = {name: notebooks[name] for name in ("02_second", "03_third")}
+    parameters = {name: {"WORKSPACE": str(tmp_path)} for name in chosen}
+    lines = []
+    result = series.run_series(chosen, parameters, tmp_path / "out", keep_going=True, progress=False,
+                               echo=lines.append)
+    assert [run.status for run in result.runs] == ["FAILED", "ok"]
+    assert not result.ok and [run.name for run in result.failed] == ["02_second"]
+    assert (tmp_path / "ran_03_third.json").exists()
+    assert "cell [" in result.runs[0].error
+
+
+def test_invalid_parameters_are_refused_before_anything_runs(toy_series, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text('"03":\n  LABLE: negative\n')
+    status = cli.main(["notebooks", "--notebooks-dir", str(toy_series), "--params", str(params),
+                       "--workspace", str(tmp_path / "ws"), "--only", "01"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "LABLE in section 03_third" in err and "Did you mean: LABLE -> LABEL?" in err
+    assert not (tmp_path / "ws").exists()
+
+
+# --- the demo --------------------------------------------------------------------------------------
+
+def test_demo_refuses_a_folder_with_other_files_and_reuses_its_own(tmp_path):
+    users_folder = tmp_path / "my_workspace"
+    (users_folder / "data").mkdir(parents=True)
+    with pytest.raises(UserError, match="already holds files the demo did not make"):
+        series.demo_workspace(users_folder)
+    assert sorted(p.name for p in users_folder.iterdir()) == ["data"]  # untouched
+    fresh = series.demo_workspace(tmp_path / "demo")
+    (fresh.root / "some_output.txt").write_text("made by a stage")
+    assert series.demo_workspace(tmp_path / "demo").root == fresh.root  # a rerun is welcome
+
+
+def test_demo_parameters_validate_against_the_committed_notebooks(tmp_path):
+    available = {name: path for name, path in series.find_notebooks_or_empty().items() if name in series.SERIES}
+    if not available:
+        pytest.skip("no committed notebooks yet")
+    workspace = series.demo_workspace(tmp_path / "demo")
+    merged = series.demo_parameters(available, workspace)
+    assert set(merged) == set(available)
+    for name, values in merged.items():
+        assert values.get("WORKSPACE", str(workspace.root)) == str(workspace.root)
+    if "01_prepare" in merged:
+        assert merged["01_prepare"]["MURA_PATH"] == ""
+
+
+def test_demo_with_missing_notebooks_says_which(toy_series, tmp_path):
+    with pytest.raises(UserError, match="needs the notebooks 01_prepare, 02_train_positive"):
+        series.run_demo(cli.build_parser("demo").parse_args(
+            ["--notebooks-dir", str(toy_series), "--workspace", str(tmp_path / "demo")]))
+
+
+def test_comparison_table_shows_stage_06_summary_with_intervals_and_verdicts(tmp_path):
+    workspace = series.Workspace(tmp_path)
+    experiment = workspace.results / "evaluation" / "XR_SHOULDER" / "tiny-64px-scratch"
+    experiment.mkdir(parents=True)
+    comparison = [{"metric": "kappa", "threshold_rule": "0.5", "baseline": 0.41, "augmented": 0.47,
+                   "baseline_ci": [0.30, 0.52], "augmented_ci": [0.36, 0.58], "difference": 0.06,
+                   "difference_ci": [-0.02, 0.14], "within_noise": True, "verdict": "kappa: within noise"},
+                  {"metric": "auc", "threshold_rule": "0.5", "baseline": 0.80, "augmented": 0.95,
+                   "baseline_ci": [0.75, 0.85], "augmented_ci": [0.91, 0.99], "difference": 0.15,
+                   "difference_ci": [0.08, 0.2], "within_noise": False, "verdict": "AUC: augmented is better"}]
+    (experiment / "summary.json").write_text(json.dumps({"comparison": comparison,
+                                                         "verdict": [c["verdict"] for c in comparison]}))
+    (experiment / "comparison.csv").write_text("arm,metric\nbaseline,kappa\n")
+    table = series.comparison_table(workspace, "XR_SHOULDER")
+    lines = table.splitlines()
+    assert lines[0] == f"({experiment / 'summary.json'})"
+    kappa_row = next(line for line in lines if line.startswith("kappa"))
+    assert "0.410 [0.300, 0.520]" in kappa_row and "+0.060 [-0.020, +0.140]" in kappa_row
+    assert kappa_row.rstrip().endswith("yes")
+    assert next(line for line in lines if line.startswith("  auc")).rstrip().endswith("no")
+    assert lines[-2:] == ["  - kappa: within noise", "  - AUC: augmented is better"]
+
+
+@pytest.mark.parametrize("filename, content, expected", [
+    ("comparison.csv", "arm,kappa,auc\nbaseline,0.41,0.80\naugmented,0.45,0.82\n", ["augmented", "0.45"]),
+    ("summary.json", json.dumps({"comparison": [{"arm": "baseline", "kappa": {"mean": 0.4}},
+                                                {"arm": "augmented", "kappa": {"mean": 0.5}}]}),
+     ["kappa.mean", "augmented", "0.5"]),
+    ("results.json", json.dumps({"arms": {"baseline": {"kappa": 0.3}, "augmented": {"kappa": 0.35}}}),
+     ["baseline", "0.35"]),
+])
+def test_comparison_table_reads_what_stage_06_wrote(tmp_path, filename, content, expected):
+    workspace = series.Workspace(tmp_path)
+    assert series.comparison_table(workspace, "XR_SHOULDER") is None
+    folder = workspace.results / "evaluation" / "XR_SHOULDER"
+    folder.mkdir(parents=True)
+    (folder / "broken.json").write_text("{not json")
+    (folder / filename).write_text(content)
+    table = series.comparison_table(workspace, "XR_SHOULDER")
+    assert table is not None and filename in table
+    for text in expected:
+        assert text in table
+
+
+def test_a_dying_kernel_is_reported_as_such_and_the_executed_copy_kept(tmp_path):
+    nb = nbtools.build_notebook("# Dies", "SIZE = 1  # how much\n", ["import os\nos._exit(3)  # as the OOM killer"])
+    source = nbtools.write_notebook(tmp_path / "01_dies.ipynb", nb)
+    output = tmp_path / "out" / "01_dies.ipynb"
+    with pytest.raises(UserError) as info:
+        nbtools.execute_notebook(source, output)
+    assert "01_dies.ipynb did not finish: the Python kernel died" in info.value.problem
+    assert "smaller settings" in info.value.fix
+    assert [p.name for p in output.parent.iterdir()] == ["01_dies.ipynb"]
+
+
+def test_papermill_false_alarms_about_declared_parameters_are_dropped(tmp_path, caplog):
+    # papermill's own parser gives up on this comment and would then call MAX_MINUTES unknown
+    parameters = ('MAX_MINUTES = 690  # stop after this many minutes (Colab ends sessions after ~12 h); None = '
+                  'no limit\n')
+    nb = nbtools.build_notebook("# Quiet", parameters, ["assert MAX_MINUTES == 2"])
+    source = nbtools.write_notebook(tmp_path / "01_quiet.ipynb", nb)
+    with caplog.at_level("WARNING", logger="papermill"):
+        nbtools.execute_notebook(source, tmp_path / "out.ipynb", parameters={"MAX_MINUTES": 2, "BOGUS": 1})
+    messages = [record.getMessage() for record in caplog.records]
+    assert "Passed unknown parameter: BOGUS" in messages  # a real mistake is still reported
+    assert not [m for m in messages if "MAX_MINUTES" in m or m.startswith("Unable to parse")]
+
+
+def test_demo_runs_its_notebooks_in_its_own_workspace_and_ends_with_the_comparison(tmp_path, capsys):
+    import yaml
+
+    demo_settings = yaml.safe_load(series.DEMO_PARAMS_FILE.read_text())
+    folder = tmp_path / "notebooks"
+    # stand-ins for notebooks 01 and 06 declaring the names demo_params.yaml gives them
+    for number, name, body in [
+        ("01", "01_prepare", ""),
+        ("06", "06_densenet_eval",
+         'folder = pathlib.Path(WORKSPACE, "results", "evaluation", BODY_PART)\n'
+         'folder.mkdir(parents=True)\n'
+         '(folder / "summary.json").write_text(json.dumps({"comparison": [{"metric": "kappa", '
+         '"threshold_rule": "0.5", "baseline": 0.5, "augmented": 0.25, "within_noise": True}]}))')]:
+        names = [key for key in demo_settings[number] if key not in ("STEPS", "BODY_PART")]
+        if number == "01":
+            names.append("MURA_PATH")
+        extra = "".join(f"{key} = None  # stand-in\n" for key in dict.fromkeys(names))
+        _make_notebook(folder, name, extra, body=body)
+    workspace = tmp_path / "demo"
+    status = cli.main(["demo", "--workspace", str(workspace), "--notebooks-dir", str(folder), "--only", "01,06",
+                       "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert (workspace / series.DEMO_MARKER).is_file()
+    prepared = json.loads((workspace / "ran_01_prepare.json").read_text())
+    assert prepared["MURA_PATH"] == "" and prepared["RESOLUTION"] == demo_settings["01"]["RESOLUTION"]
+    assert json.loads((workspace / "ran_06_densenet_eval.json").read_text())["ARCH"] == demo_settings["06"]["ARCH"]
+    assert f"executed notebooks                 {workspace / 'results' / 'notebooks'}" in out
+    table = out[out.index("Baseline vs augmented (stage 06):"):]
+    assert "kappa (threshold 0.5)" in table and "0.500" in table and "0.250" in table
