@@ -1,6 +1,7 @@
 # The two commands of the README. Both install what they need first.
 PYTHON ?= python3
-WORKSPACE ?= ./workspace
+# The demo writes only into a folder it created itself (it refuses a folder holding other data).
+WORKSPACE ?= ./demo_workspace
 
 .PHONY: install install-dev demo test
 
