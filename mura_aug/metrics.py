@@ -4,10 +4,11 @@ Every measure works on feature vectors from a pluggable *feature extractor*: a c
 ``extractor(images_uint8_NCHW) -> float64 array [N, D]`` with attributes ``name`` and ``dim``.
 
 - ``'inception'``: Inception-v3 pool features (2048-d), as FID is defined. The published FID network is
-  NVIDIA's TorchScript port of TensorFlow's inception-2015-12-05; pass it with ``inception_file=`` /
-  ``--inception-file`` when you have it, and the numbers are comparable with published FIDs. Without it
-  torchvision's ImageNet Inception-v3 is used (downloaded once into the workspace's ``weights/`` folder):
-  close to, but NOT identical with published FIDs, so only compare such numbers with each other.
+  NVIDIA's TorchScript port of TensorFlow's inception-2015-12-05 (the file StyleGAN2-ADA's own metrics use):
+  downloaded once into the workspace's ``weights/`` folder, or passed with ``inception_file=`` /
+  ``--inception-file``; with it the numbers are comparable with published FIDs. Where that download fails
+  but torchvision's ImageNet Inception-v3 can be had, that one is used with a warning: close to, but NOT
+  identical with published FIDs, so only compare such numbers with each other.
 - ``'offline'``: a fixed-seed random conv net plus downsampled pixels. Needs no download, is deterministic,
   fast on a CPU; meant for tests, demos and trends during training. Its numbers compare only with other
   offline numbers (the keys carry the suffix ``_offline``).
@@ -55,6 +56,9 @@ DIVERSITY_MAX_IMAGES = 1000         # mean pairwise distance is estimated on at 
 OFFLINE_INPUT_SIZE = 64             # px; the offline extractor looks at images resized to 64 x 64
 INCEPTION_INPUT_SIZE = 299          # px; Inception-v3's input size
 INCEPTION_WEIGHTS_FILE = "inception_v3_google-0cc3c7bd.pth"  # torchvision's ImageNet weights
+NVIDIA_INCEPTION_FILE = "inception-2015-12-05.pt"  # NVIDIA's TorchScript FID network (about 95 MB)
+NVIDIA_INCEPTION_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
+                        + NVIDIA_INCEPTION_FILE)
 EXTRACTOR_NAMES = ("offline", "inception")
 LABEL_OF_CLASS = {"positive": 1, "negative": 0}  # the one-hot column of a conditional G (contracts.md)
 
@@ -252,10 +256,42 @@ def get_extractor(name: str = "offline", workspace: Optional[PathLike] = None, d
     if name == "offline":
         return OfflineExtractor(device=device, progress=progress)
     if name == "inception":
-        weights_dir = Workspace(workspace).weights_cache / "torchvision" if workspace is not None else None
-        return InceptionExtractor(weights_dir=weights_dir, inception_file=inception_file, device=device,
-                                  progress=progress)
+        cache = Workspace(workspace).weights_cache if workspace is not None else Path.home() / ".cache" / "mura_aug"
+        if inception_file is None:
+            inception_file, download_error = _nvidia_inception_file(cache, progress)
+            if inception_file is None:
+                try:
+                    extractor = InceptionExtractor(weights_dir=cache / "torchvision", device=device,
+                                                   progress=progress)
+                except UserError as exc:
+                    raise UserError(
+                        f"Neither NVIDIA's FID network ({NVIDIA_INCEPTION_URL}: {download_error}) nor "
+                        f"torchvision's Inception-v3 could be loaded into {cache}.",
+                        f"Connect to the internet and rerun, or copy {NVIDIA_INCEPTION_FILE} into {cache}, or "
+                        "use --extractor offline (no download; its numbers compare only with other offline "
+                        "numbers).") from exc
+                warnings.warn(f"NVIDIA's FID network could not be downloaded ({download_error}); using "
+                              "torchvision's Inception-v3 instead: its FIDs are not comparable with published "
+                              f"ones. Copy {NVIDIA_INCEPTION_FILE} into {cache} for those.", stacklevel=2)
+                return extractor
+        return InceptionExtractor(inception_file=inception_file, device=device, progress=progress)
     raise UserError(f"Unknown feature extractor {name!r}.", f"Use one of: {', '.join(EXTRACTOR_NAMES)}.")
+
+
+def _nvidia_inception_file(cache: Path, progress: bool):
+    """(path of NVIDIA's FID network in `cache`, None), downloading it on first use; (None, reason) offline."""
+    import torch
+
+    target = cache / NVIDIA_INCEPTION_FILE
+    if target.is_file():
+        return target, None
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        # download_url_to_file writes a temporary file and renames it, so a cut download leaves nothing behind
+        torch.hub.download_url_to_file(NVIDIA_INCEPTION_URL, str(target), progress=progress)
+    except Exception as exc:  # URLError, HTTPError, socket errors, a full disk: all mean "not available"
+        return None, f"{type(exc).__name__}: {exc}"
+    return target, None
 
 
 # =====================================================================================================

@@ -11,6 +11,7 @@ import json
 import sys
 import types
 import urllib.error
+from pathlib import Path
 import zipfile
 
 import numpy as np
@@ -265,6 +266,7 @@ def test_inception_without_network_says_to_use_the_offline_extractor(tmp_path, m
         raise urllib.error.URLError("no route to host")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(UserError) as caught:
         M.get_extractor("inception", workspace=tmp_path)
     assert "--extractor offline" in str(caught.value) and str(Workspace(tmp_path).weights_cache) in str(caught.value)
@@ -280,8 +282,13 @@ def test_inception_extractor_preprocesses_and_returns_2048_features(tmp_path, mo
         torch.manual_seed(0)
         return inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()
 
+    def nvidia_unreachable(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
-    extractor = M.get_extractor("inception", workspace=tmp_path)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", nvidia_unreachable)
+    with pytest.warns(UserWarning, match="not comparable with published"):
+        extractor = M.get_extractor("inception", workspace=tmp_path)
     assert seen["model_dir"].startswith(str(Workspace(tmp_path).weights_cache))
     features = extractor(blob_images(2, seed=0))
     assert features.shape == (2, 2048) and features.dtype == np.float64 and np.isfinite(features).all()
@@ -289,7 +296,7 @@ def test_inception_extractor_preprocesses_and_returns_2048_features(tmp_path, mo
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-def test_inception_extractor_uses_a_local_torchscript_file(tmp_path):
+def test_inception_extractor_uses_a_local_torchscript_file(tmp_path, monkeypatch):
     class FakeFidNetwork(torch.nn.Module):  # NVIDIA's file: uint8-valued input, return_features=True
         def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
             assert x.dtype == torch.uint8
@@ -302,6 +309,19 @@ def test_inception_extractor_uses_a_local_torchscript_file(tmp_path):
     features = extractor(images)
     assert features.shape == (3, 2048) and extractor.comparable_with_published
     assert features[:, 0] == pytest.approx(images[:, 0].mean(axis=(1, 2)) / 255.0, rel=1e-5)
+    # downloaded once into the workspace's weights folder, then used from there without network
+    downloads = []
+
+    def fake_nvidia_download(url, dst, progress=True):
+        downloads.append(url)
+        Path(dst).write_bytes(path.read_bytes())
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_nvidia_download)
+    first = M.get_extractor("inception", workspace=tmp_path / "ws")
+    second = M.get_extractor("inception", workspace=tmp_path / "ws")
+    assert downloads == [M.NVIDIA_INCEPTION_URL] and first.comparable_with_published
+    assert np.allclose(second(images), features)
+    assert (Workspace(tmp_path / "ws").weights_cache / M.NVIDIA_INCEPTION_FILE).is_file()
     with pytest.raises(UserError, match="No Inception TorchScript file"):
         M.get_extractor("inception", inception_file=tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
