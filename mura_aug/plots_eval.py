@@ -34,6 +34,7 @@ def plot_training_curves(summary: Dict[str, object]):
     auc_axis.set(xlabel="epoch", ylabel="study AUC", ylim=(0, 1.02), title="internal validation (train patients)")
     loss_axis.legend(fontsize=7)
     figure.tight_layout()
+    plt.close(figure)  # display() shows it; left open, Jupyter would show it again
     return figure
 
 
@@ -56,6 +57,7 @@ def plot_roc_curves(summary: Dict[str, object], out_dir: Path):
              title=f"{summary['body_part']} MURA valid, study level")
     axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
+    plt.close(figure)  # display() shows it; left open, Jupyter would show it again
     return figure
 
 
@@ -74,6 +76,7 @@ def plot_confusion_matrices(summary: Dict[str, object], key: str = "study@0.5"):
         axis.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "abnormal"], yticklabels=["normal", "abnormal"],
                  xlabel="predicted", ylabel="true", title=f"{arm} ({key}, {len(summary['settings']['seeds'])} seed(s))")
     figure.tight_layout()
+    plt.close(figure)  # display() shows it; left open, Jupyter would show it again
     return figure
 
 

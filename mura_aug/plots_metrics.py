@@ -82,6 +82,7 @@ def plot_training_metrics(run_dir_or_stats: PathLike, collapse_fraction: Optiona
     axes[2].axhline(fraction, color="red", linestyle="--", label=f"collapse alarm below {fraction}")
     axes[2].legend(fontsize=8)
     figure.tight_layout()
+    plt.close(figure)  # display() shows it; left open, Jupyter would show it again
     return figure
 
 
@@ -111,6 +112,7 @@ def plot_closest_pairs(report, fake_images, real_images, count: int = 8,
     figure.suptitle(f"Closest fake/real pairs (RMS grey difference d; flagged below {report.threshold:.3f})",
                     fontsize=10)
     figure.tight_layout()
+    plt.close(figure)  # display() shows it; left open, Jupyter would show it again
     return figure
 
 
@@ -147,4 +149,5 @@ def plot_snapshot_metrics(workspace, run: str, extractor: str = "offline"):
         ax.set_xlabel("kimg")
         ax.legend(fontsize=8)
     figure.tight_layout()
+    plt.close(figure)  # display() shows it; left open, Jupyter would show it again
     return figure

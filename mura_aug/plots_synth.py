@@ -40,6 +40,7 @@ def plot_before_after(pairs: Sequence[tuple], title: str = "Sharpening (PIL Shar
         axes[1][col].set_title(f"sharpened x{factor:g}" if col == 0 else "")
     fig.suptitle(title)
     fig.tight_layout()
+    plt.close(fig)  # display() shows it; left open, Jupyter would show it again
     return fig
 
 
@@ -70,6 +71,7 @@ def plot_real_vs_fake(real: Dict[str, Sequence], fake: Dict[str, Sequence], cols
                 ax.imshow(image_grid(list(images), cols, size), cmap="gray", vmin=0, vmax=255)
     fig.suptitle(title)
     fig.tight_layout()
+    plt.close(fig)  # display() shows it; left open, Jupyter would show it again
     return fig
 
 
@@ -88,4 +90,5 @@ def plot_dropped(workspace_root: PathLike, dropped, max_images: int = 8):
     more = f" (first {len(shown)} shown)" if len(dropped) > len(shown) else ""
     fig.suptitle(f"{len(dropped)} fakes dropped{more}")
     fig.tight_layout()
+    plt.close(fig)  # display() shows it; left open, Jupyter would show it again
     return fig

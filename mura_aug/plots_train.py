@@ -56,6 +56,7 @@ def plot_training(run_dir: PathLike, figsize=(14, 3.6)):
     if stats.empty:
         for ax in (ax_loss, ax_ada, ax_speed):
             ax.text(0.5, 0.5, "no tick yet", ha="center", va="center", transform=ax.transAxes)
+        plt.close(fig)  # display() shows it; left open, Jupyter would show it again
         return fig
     for key in LOSS_KEYS:
         if key in stats and stats[key].notna().any():
@@ -73,6 +74,7 @@ def plot_training(run_dir: PathLike, figsize=(14, 3.6)):
         ax_speed.plot(stats["kimg"], stats["sec_per_kimg"], marker=".")
     ax_speed.set(title="seconds per kimg", xlabel="kimg")
     fig.tight_layout()
+    plt.close(fig)  # display() shows it; left open, Jupyter would show it again
     return fig
 
 

@@ -47,14 +47,22 @@ def test_train_notebooks_and_resume_notebook_run_with_papermill(tmp_path):
     workspace = Workspace(tmp_path / "ws").ensure()
     make_dataset(workspace, "positive")
     make_dataset(workspace, "negative")
-    for name, label in (("02_train_positive", "positive"), ("03_train_negative", "negative")):
+    for name, label, metrics_every in (("02_train_positive", "positive", 1), ("03_train_negative", "negative", 0)):
         execute_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", tmp_path / f"{name}.ipynb",
-                         parameters={"WORKSPACE": str(workspace.root), **TINY}, cwd=tmp_path)
+                         parameters={"WORKSPACE": str(workspace.root), **TINY, "METRICS_EVERY": metrics_every},
+                         cwd=tmp_path)
         run_dir = workspace.experiments / f"XR_SHOULDER-{label}-tiny-16"
-        assert [line["tick"] for line in snap.read_stats(run_dir)] == [1]
-    executed = nbformat.read(str(tmp_path / "02_train_positive.ipynb"), as_version=4)
-    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+        stats = snap.read_stats(run_dir)
+        assert [line["tick"] for line in stats] == [1]
+        assert ("fid_offline" in stats[0]) == bool(metrics_every)  # measured only when asked
+
+    def figures(name):
+        executed = nbformat.read(str(tmp_path / f"{name}.ipynb"), as_version=4)
+        outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        return sum(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+
+    # the positive run measured FID / KID / diversity, so its notebook shows one figure more: the metrics plot
+    assert figures("02_train_positive") == figures("03_train_negative") + 1 >= 2
 
     negative_run = workspace.experiments / "XR_SHOULDER-negative-tiny-16"
     execute_notebook(NOTEBOOKS_DIR / "04_resume.ipynb", tmp_path / "04_resume.ipynb",

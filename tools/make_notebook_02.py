@@ -34,12 +34,13 @@ MAX_MINUTES = 690  # stop with a final snapshot after this many minutes (Colab e
 RESUME = "latest"  # "latest" continues this run when it has a state (else starts it); None always starts fresh
 TRANSFER = None  # start from another network's weights: "ffhq256" (NVIDIA, downloaded once) or a .pkl / .pt path
 KEEP = 3  # training states kept (the newest); every snapshot's small generator file is kept
+METRICS_EVERY = 0  # snapshots between FID / KID / diversity measurements (0 = off; ~1 min each on a GPU)
 DEVICE = None  # None = the GPU when there is one; or "cpu", "cuda\""""
 
 CELLS = [
     """from IPython.display import display
 
-from mura_aug import plots_train
+from mura_aug import plots_metrics, plots_train
 from mura_aug.gan import dataset, training_loop
 from mura_aug.workspace import resolve_workspace
 
@@ -52,11 +53,14 @@ print(f"{len(images)} training images of {LABEL} {BODY_PART}, {images.shape[-1]}
     """run_dir = training_loop.train(
     workspace, LABEL, body_part=BODY_PART, cfg=CFG, resolution=RESOLUTION, kimg=KIMG, kimg_per_tick=KIMG_PER_TICK,
     snap=SNAP, batch=BATCH, seed=SEED, max_minutes=MAX_MINUTES, resume=RESUME if not TRANSFER else None,
-    transfer=TRANSFER, keep_states=KEEP, device=DEVICE)""",
+    transfer=TRANSFER, keep_states=KEEP, metrics_every=METRICS_EVERY, device=DEVICE)""",
     {"markdown": "## How the run is going\nLosses, ADA (p rises when D overfits, i.e. when r_t is above "
-                 "the target), time per kimg; then the newest fakes grid."},
+                 "the target), time per kimg; FID, KID and the fakes' diversity when `METRICS_EVERY` is "
+                 "on (a falling diversity ratio is the mode-collapse alarm); then the newest fakes grid."},
     """print(plots_train.progress_summary(run_dir))
 display(plots_train.plot_training(run_dir))
+if plots_metrics.read_metric_history(run_dir):
+    display(plots_metrics.plot_training_metrics(run_dir))
 plots_train.show_latest_fakes(run_dir)
 display(plots_train.snapshots_table(run_dir))""",
 ]

@@ -25,7 +25,7 @@ DEVICE = None  # None = the GPU when there is one; or "cpu", "cuda\""""
 CELLS = [
     """from IPython.display import display
 
-from mura_aug import plots_train
+from mura_aug import plots_metrics, plots_train
 from mura_aug.gan import training_loop
 from mura_aug.workspace import resolve_workspace
 
@@ -40,9 +40,12 @@ display(plots_train.plot_training(run_dir))""",
     {"markdown": "## Continue\nStop any time with ■: a final snapshot is written first."},
     """run_dir = training_loop.resume_run(workspace, run=str(run_dir), kimg=KIMG, max_minutes=MAX_MINUTES,
                                    device=DEVICE)""",
-    {"markdown": "## Progress so far"},
+    {"markdown": "## Progress so far\nLosses, ADA, time per kimg; FID, KID and diversity where the run measured "
+                 "them (`METRICS_EVERY` in notebooks 02 / 03); the newest fakes grid."},
     """print(plots_train.progress_summary(run_dir))
 display(plots_train.plot_training(run_dir))
+if plots_metrics.read_metric_history(run_dir):
+    display(plots_metrics.plot_training_metrics(run_dir))
 plots_train.show_latest_fakes(run_dir)""",
 ]
 
