@@ -185,3 +185,56 @@ def test_resume_from_an_nvlabs_pickle_keeps_its_kimg_and_p(tmp_path):
     assert snap.read_stats(run_dir)[0]["kimg"] == pytest.approx(120.004)
     with pytest.raises(UserError, match="already holds snapshots"):
         train(workspace, "positive", resume=str(pickle_path), kimg=121, **{**FAST, "resolution": None})
+
+
+def _nvlabs_pickle(tmp_path, parts):
+    """An NVlabs-format pickle (32 px, c_dim 2) holding only `parts`, with the networks that went into it."""
+    nvlabs_test = pytest.importorskip("test_nvlabs")  # its writer of NVlabs-format pickles
+    from mura_aug.gan import networks
+
+    nets = {key: nvlabs_test.randomized(networks.Generator(**nvlabs_test.G_KWARGS), seed)
+            for key, seed in (("G", 1), ("G_ema", 2))}
+    nets["D"] = nvlabs_test.randomized(networks.Discriminator(**nvlabs_test.D_KWARGS), 3)
+    path = tmp_path / "network-snapshot-000120.pkl"
+    nvlabs_test.write_pickle(path, nets, parts=parts)
+    return path, nets
+
+
+def test_resume_from_an_nvlabs_pickle_without_G_continues_from_G_ema(tmp_path):
+    pickle_path, nets = _nvlabs_pickle(tmp_path, ("G_ema", "D", "augment_pipe"))
+    workspace = make_dataset(tmp_path / "ws", res=32)
+    messages = []
+    with pytest.warns(RuntimeWarning, match="holds no G; training continues with G = a copy of G_ema"):
+        run_dir = train(workspace, "positive", resume=str(pickle_path), kimg=120.004,
+                        **{**FAST, "resolution": None, "kimg_per_tick": 0.004, "log": messages.append})
+    assert any(m.startswith("warning:") and "no G;" in m for m in messages)
+    state = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
+    assert state["progress"]["cur_nimg"] == 120_004
+    # One Adam step (lr 0.0025 per weight) away from the pickle's G_ema, nowhere near its (absent) G.
+    for name in ("mapping.fc0.weight", "synthesis.b32.conv1.weight"):
+        start = nets["G_ema"].state_dict()[name]
+        assert (state["G"][name] - start).abs().max() < 0.01, name
+        assert (nets["G"].state_dict()[name] - start).abs().max() > 1
+
+
+def test_resume_from_an_nvlabs_pickle_without_D_points_to_transfer(tmp_path):
+    pickle_path, _ = _nvlabs_pickle(tmp_path, ("G", "G_ema"))
+    workspace = make_dataset(tmp_path / "ws", res=32)
+    with pytest.raises(UserError, match="holds no discriminator D") as info:
+        train(workspace, "positive", resume=str(pickle_path), kimg=121, **{**FAST, "resolution": None})
+    assert f"--transfer {pickle_path}" in info.value.fix
+
+
+def test_load_generator_on_an_nvlabs_pickle_without_G_ema_says_what_it_found(tmp_path):
+    from mura_aug.gan.network_file import load_generator
+
+    pickle_path, _ = _nvlabs_pickle(tmp_path, ("G", "D"))
+    with pytest.raises(UserError, match="holds no G_ema") as info:
+        load_generator(pickle_path)
+    assert "holds only G and D" in info.value.problem
+    assert f"--resume {pickle_path}" in info.value.fix
+    (tmp_path / "only_G").mkdir()
+    only_G, _ = _nvlabs_pickle(tmp_path / "only_G", ("G",))
+    with pytest.raises(UserError, match="holds only G\\.") as info:
+        load_generator(only_G)
+    assert f"--transfer {only_G}" in info.value.fix

@@ -18,7 +18,7 @@ from mura_aug.errors import UserError
 from mura_aug.gan import dataset as dataset_module
 from mura_aug.gan import snapshot as snap
 from mura_aug.gan.dataset import DataSampler, load_training_images
-from mura_aug.gan.training_loop import train
+from mura_aug.gan.training_loop import train, without_timings
 from mura_aug.workspace import Workspace
 
 TICK_KIMG = 0.008  # 2 iterations of 4 images
@@ -250,3 +250,61 @@ def test_a_run_being_trained_by_another_process_is_refused(tmp_path):
     lock.write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": socket.gethostname(), "started": "earlier"}))
     train(workspace, "positive", kimg=TICK_KIMG, **FAST)
     assert snap.find_resumable(run_dir) is not None and not lock.exists()
+
+
+# --- the metrics hook (issue 7, item 3) ------------------------------------------------------------------
+
+METRIC_KEYS = ("fid_offline", "kid_offline", "diversity_ratio", "collapse_alarm", "num_fakes")
+
+
+def test_metrics_every_snapshot_go_into_the_stats_and_change_nothing_else(tmp_path, monkeypatch):
+    import random
+
+    import mura_aug.metrics
+
+    workspace = make_dataset(tmp_path / "ws", "positive")
+    make_dataset(tmp_path / "ws", "negative", count=8)
+    real_metrics = mura_aug.metrics.training_metrics
+    calls = []
+
+    def greedy_metrics(G, real_images_uint8, **kwargs):
+        calls.append(dict(kwargs, c_dim=G.c_dim, training=G.training))
+        # A metric that draws from every global generator must still leave the training untouched.
+        torch.randn(1000), np.random.rand(10), random.random()
+        return real_metrics(G, real_images_uint8, **kwargs)
+
+    monkeypatch.setattr(mura_aug.metrics, "training_metrics", greedy_metrics)
+    with_metrics = train(workspace, "both", kimg=2 * TICK_KIMG, metrics_every=1, metrics_fakes=8, run="metrics",
+                         **FAST)
+    without = train(workspace, "both", kimg=2 * TICK_KIMG, run="plain", **FAST)
+
+    stats = snap.read_stats(with_metrics)
+    assert len(calls) == 2 and len(stats) == 2  # snap 1, metrics every snapshot: one measurement per tick
+    for line in stats:
+        for key in METRIC_KEYS:
+            assert key in line and math.isfinite(line[key]), key
+        assert line["num_fakes"] == 8
+    for call in calls:  # real labels go along, so a conditional G makes fakes in the training set's class mix
+        assert call["c_dim"] == 2 and call["num_fakes"] == 8 and not call["training"]
+        assert sorted(np.asarray(call["real_labels"]).tolist()) == [0] * 8 + [1] * 12
+
+    metric_names = set(stats[0]) - set(snap.read_stats(without)[0])
+    assert set(METRIC_KEYS) <= metric_names
+    strip = [{k: v for k, v in line.items() if k not in metric_names} for line in without_timings(stats)]
+    assert strip == without_timings(snap.read_stats(without))
+    states = [snap.load_state(snap.list_snapshots(run)[-1].state_path) for run in (with_metrics, without)]
+    for key in ("G_ema", "G", "D"):
+        for name, tensor in states[0][key].items():
+            assert torch.equal(tensor, states[1][key][name]), f"{key}.{name} changed because metrics ran"
+
+
+def test_metrics_options_are_documented_and_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--metrics-every METRICS_EVERY compute FID/KID" in help_text and "stats.jsonl" in help_text
+    assert "--metrics-fakes" in help_text
+    workspace = make_dataset(tmp_path / "ws")
+    for bad in (dict(metrics_every=-1), dict(metrics_fakes=1)):
+        with pytest.raises(UserError, match="metrics"):
+            train(workspace, "positive", **{**FAST, "kimg": 1.0, **bad})

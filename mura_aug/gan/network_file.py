@@ -60,7 +60,17 @@ def load_generator(path: PathLike, device="cpu"):
     if path.suffix == ".pkl":
         from mura_aug.gan.nvlabs import load_nvlabs_pkl
 
-        G = load_nvlabs_pkl(path)["G_ema"]
+        loaded = load_nvlabs_pkl(path)
+        G = loaded["G_ema"]
+        if G is None:
+            found = [key for key in ("G", "D") if loaded.get(key) is not None]
+            continue_hint = (f"continue training from it with python -m mura_aug train --resume {path} (G_ema then "
+                             "starts as a copy of G)" if "D" in found else
+                             f"start a run from it with python -m mura_aug train --transfer {path}")
+            raise UserError(f"The NVlabs pickle {path} holds no G_ema, the averaged generator that makes the "
+                            f"images; it holds only {' and '.join(found)}.",
+                            "Use a network-snapshot-*.pkl written by NVlabs' train.py (they hold G_ema), or "
+                            f"{continue_hint}; its network-*.pt files then load here.")
     else:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)

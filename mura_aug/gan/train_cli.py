@@ -1,9 +1,22 @@
-"""`python -m mura_aug train`: stages 02-04 from the command line (the same code path as the notebooks)."""
+"""`python -m mura_aug train`: stages 02-04 from the command line (the same code path as the notebooks).
+
+Several GPUs: `torchrun --nproc_per_node N -m mura_aug train ...`. torchrun starts N copies of this command
+with RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR / MASTER_PORT) in their environment; each copy joins one
+process group (nccl on GPUs, gloo with --device cpu), trains on cuda:LOCAL_RANK, and leaves the group at the
+end, also after an error. `--batch` stays the batch of the whole run (split over the processes).
+"""
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+from typing import Mapping, Optional
 
 from mura_aug.errors import UserError
+
+# How long a rank waits in a collective for the others. Rank 0 alone writes snapshots (to Google Drive, maybe
+# hundreds of MB) and computes metrics while the others wait, so this is far above NCCL's 10-minute default.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
 
 
 def _positive_float(text: str) -> float:
@@ -30,8 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kimg-per-tick", type=_positive_float, default=4.0,
                         help="thousand images per tick / stats line (fractions allowed)")
     parser.add_argument("--snap", type=int, default=10, help="ticks between snapshots")
-    parser.add_argument("--batch", type=int, default=None, help="images per iteration (default: the config's)")
-    parser.add_argument("--batch-gpu", type=int, default=None, help="images per pass (gradient accumulation)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="images per iteration, all GPUs together (default: the config's)")
+    parser.add_argument("--batch-gpu", type=int, default=None,
+                        help="images per forward pass on one GPU (gradient accumulation)")
     parser.add_argument("--gamma", type=float, default=None, help="R1 weight (default: the config's)")
     parser.add_argument("--mirror", action="store_true", help="also train on x-flipped images")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
@@ -47,13 +62,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", type=int, default=3, help="training states to keep (newest)")
     parser.add_argument("--keep-networks-every", type=int, default=1,
                         help="keep the inference file of every N-th snapshot (and the newest)")
-    parser.add_argument("--metrics-every", type=int, default=0, help="snapshots between metrics (0 = never)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    parser.add_argument("--metrics-every", type=int, default=0,
+                        help="compute FID/KID (offline feature net), precision/recall and diversity of G_ema every "
+                             "N-th snapshot and add them to that tick's line in stats.jsonl (0 = never, the "
+                             "default; each measurement generates --metrics-fakes images while training waits)")
+    parser.add_argument("--metrics-fakes", type=int, default=None,
+                        help="fakes generated per metrics measurement (default 500)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:1 (default: CUDA when available); under torchrun: cpu or cuda "
+                             "(each process takes cuda:LOCAL_RANK)")
     parser.add_argument("--amp", default=None, choices=("auto", "bf16", "fp16", "off"),
                         help="mixed precision on CUDA (default auto)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (CUDA)")
     parser.add_argument("--run", default=None, help="run folder name (default BODY-label-cfg-res)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def torchrun_environment(environ: Optional[Mapping[str, str]] = None) -> Optional[dict]:
+    """{'rank', 'world_size', 'local_rank'} when this process was started by torchrun with more than one
+    process, else None."""
+    environ = os.environ if environ is None else environ
+    try:
+        world_size = int(environ.get("WORLD_SIZE", "1") or 1)
+        if world_size <= 1:
+            return None
+        rank = int(environ["RANK"])
+        local_rank = int(environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"WORLD_SIZE={environ.get('WORLD_SIZE')!r} is set, but RANK / LOCAL_RANK are missing or "
+                        f"not numbers ({exc}).",
+                        "Start multi-GPU training with torchrun --nproc_per_node N -m mura_aug train ..., which "
+                        "sets them; for one process, unset WORLD_SIZE.") from None
+    return {"rank": rank, "world_size": world_size, "local_rank": local_rank}
+
+
+def distributed_device(requested: Optional[str], local_rank: int, cuda_count: int) -> tuple:
+    """(device, backend) of one torchrun process: cuda:LOCAL_RANK with nccl, or cpu with gloo."""
+    if requested in (None, "", "auto"):
+        requested = "cuda" if cuda_count > 0 else "cpu"
+    if requested == "cpu":
+        return "cpu", "gloo"
+    if requested != "cuda":
+        raise UserError(f"--device {requested} was given to a torchrun process; under torchrun each process picks "
+                        "its own GPU (cuda:LOCAL_RANK).",
+                        "Pass --device cuda (or leave it out), or --device cpu; choose the GPUs with "
+                        "CUDA_VISIBLE_DEVICES=0,1 torchrun ...")
+    if local_rank >= cuda_count:
+        raise UserError(f"torchrun process {local_rank} needs GPU cuda:{local_rank}, but only {cuda_count} GPU(s) "
+                        "are visible.",
+                        f"Use torchrun --nproc_per_node {max(cuda_count, 1)} (one process per GPU), or "
+                        "--device cpu.")
+    return f"cuda:{local_rank}", "nccl"
+
+
+def _join_process_group(environment: dict, requested_device: Optional[str]) -> str:
+    import torch
+    import torch.distributed as dist
+
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device, backend = distributed_device(requested_device, environment["local_rank"], cuda_count)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # nccl and all_gather_object use the current device
+    try:
+        dist.init_process_group(backend=backend, init_method="env://", rank=environment["rank"],
+                                world_size=environment["world_size"], timeout=COLLECTIVE_TIMEOUT)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"Process {environment['rank']} of {environment['world_size']} could not join the "
+                        f"{backend} process group ({exc}).",
+                        "Start multi-GPU training with torchrun --nproc_per_node N -m mura_aug train ...; if "
+                        "the port is taken, add --master_port with a free one.") from exc
+    return device
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,13 +140,25 @@ def run(args: argparse.Namespace) -> int:
     if args.snap < 1 or args.keep < 1:
         raise UserError(f"--snap {args.snap} / --keep {args.keep}: both must be at least 1.",
                         "Use e.g. --snap 10 --keep 3.")
-    run_dir = train(args.workspace, label=args.label, body_part=args.body_part, cfg=args.cfg,
-                    resolution=args.resolution, kimg=args.kimg, kimg_per_tick=args.kimg_per_tick, snap=args.snap,
-                    batch=args.batch, batch_gpu=args.batch_gpu, gamma=args.gamma, mirror=args.mirror,
-                    seed=args.seed, resume=args.resume, transfer=args.transfer, freeze_d=args.freeze_d,
-                    max_minutes=args.max_minutes, keep_states=args.keep,
-                    keep_networks_every=args.keep_networks_every, metrics_every=args.metrics_every,
-                    device=args.device, amp=args.amp, compile=args.compile, run=args.run,
-                    progress=not args.no_progress)
-    print(f"run folder: {run_dir}")
+    environment = torchrun_environment()
+    device, rank = args.device, 0
+    if environment is not None:
+        device, rank = _join_process_group(environment, args.device), environment["rank"]
+    try:
+        run_dir = train(args.workspace, label=args.label, body_part=args.body_part, cfg=args.cfg,
+                        resolution=args.resolution, kimg=args.kimg, kimg_per_tick=args.kimg_per_tick,
+                        snap=args.snap, batch=args.batch, batch_gpu=args.batch_gpu, gamma=args.gamma,
+                        mirror=args.mirror, seed=args.seed, resume=args.resume, transfer=args.transfer,
+                        freeze_d=args.freeze_d, max_minutes=args.max_minutes, keep_states=args.keep,
+                        keep_networks_every=args.keep_networks_every, metrics_every=args.metrics_every,
+                        metrics_fakes=args.metrics_fakes, device=device, amp=args.amp, compile=args.compile,
+                        run=args.run, progress=not args.no_progress)
+    finally:
+        if environment is not None:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if rank == 0:
+        print(f"run folder: {run_dir}")
     return 0
