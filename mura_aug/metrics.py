@@ -147,7 +147,8 @@ class OfflineExtractor:
         with torch.no_grad():
             for start, stop in tqdm(list(_batches(len(images), self.batch_size)), desc="offline features",
                                     unit="batch", disable=not self.progress, leave=False):
-                x = torch.from_numpy(np.array(images[start:stop]))  # a copy: the input may be a read-only memmap.to(self.device, torch.float32) / 127.5 - 1
+                # np.array copies: the input may be a read-only memmap, which torch.from_numpy warns about
+                x = torch.from_numpy(np.array(images[start:stop])).to(self.device, torch.float32) / 127.5 - 1
                 x = F.interpolate(x, size=(OFFLINE_INPUT_SIZE, OFFLINE_INPUT_SIZE), mode="bilinear",
                                   align_corners=False, antialias=True)
                 parts = [F.adaptive_avg_pool2d(x.mean(dim=1, keepdim=True), 8).flatten(1)]
@@ -231,7 +232,8 @@ class InceptionExtractor:
         with torch.no_grad():
             for start, stop in tqdm(list(_batches(len(images), self.batch_size)), desc="inception features",
                                     unit="batch", disable=not self.progress, leave=False):
-                x = torch.from_numpy(np.array(images[start:stop]))  # a copy: the input may be a read-only memmap.to(self.device)
+                # np.array copies: the input may be a read-only memmap, which torch.from_numpy warns about
+                x = torch.from_numpy(np.array(images[start:stop])).to(self.device)
                 if self.inception_file is not None:
                     # NVIDIA's network takes uint8 images of any size and resizes and scales them itself
                     # (its own metrics code passes the uint8 batch exactly like this).
@@ -459,7 +461,8 @@ def pixel_descriptors(images, size: int = PIXEL_DESCRIPTOR_SIZE, batch_size: int
     images = _as_uint8_nchw(images)
     out = np.empty((len(images), size * size), dtype=np.float64)
     for start, stop in _batches(len(images), batch_size):
-        x = torch.from_numpy(np.array(images[start:stop]))  # a copy: the input may be a read-only memmap.to(torch.float32).mean(dim=1, keepdim=True) / 255.0
+        # np.array copies: the input may be a read-only memmap, which torch.from_numpy warns about
+        x = torch.from_numpy(np.array(images[start:stop])).to(torch.float32).mean(dim=1, keepdim=True) / 255.0
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out[start:stop] = x.flatten(1).double().numpy()
     return out
