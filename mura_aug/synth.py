@@ -980,7 +980,8 @@ def classifier_scorer(model, image_size: int = 224, batch_size: int = 32, device
 
 def filter_fakes(workspace=None, body_part: str = "XR_SHOULDER", duplicate_threshold: Optional[float] = None,
                  drop_fraction: float = 0.0, scorer: Optional[Callable] = None, min_score: Optional[float] = None,
-                 classes: Sequence[str] = CLASSES, progress: bool = True):
+                 classes: Sequence[str] = CLASSES, progress: bool = True, exclude_memorised: bool = False,
+                 memorisation_threshold: Optional[float] = None):
     """Mark fakes as dropped in the manifest and rebuild the augmented table; return the dropped rows.
 
     duplicate_threshold: grey levels (0-255, mean absolute difference of 32 px thumbnails) below which a fake
@@ -989,6 +990,10 @@ def filter_fakes(workspace=None, body_part: str = "XR_SHOULDER", duplicate_thres
     min_score: drop every fake scoring below this (in the scorer's units) as well.
     scorer: scorer(paths, cls) -> scores, higher = more realistic (`discriminator_scorer`,
         `classifier_scorer`). Filtering starts from scratch each call, so it can be rerun with new thresholds.
+    exclude_memorised: drop fakes that are (near) copies of a real training image of their class (they could
+        leak a patient's X-ray), judged by `mura_aug.metrics.memorisation` against stage 01's GAN dataset.
+    memorisation_threshold: RMS grey-level difference (0-1) below which a fake counts as a copy; None = the
+        adaptive rule of `mura_aug.metrics` (a fraction of the typical gap between two real images).
     """
     from tqdm.auto import tqdm
 
@@ -1008,6 +1013,11 @@ def filter_fakes(workspace=None, body_part: str = "XR_SHOULDER", duplicate_thres
         on_disk = np.array([(workspace.root / p).is_file() for p in manifest["path"]], dtype=bool)
         index = manifest.index[(mine & (manifest["class"] == cls)).to_numpy() & on_disk]
         paths = [workspace.root / p for p in manifest.loc[index, "path"]]
+        if exclude_memorised and paths:
+            for i, (real_name, distance, threshold) in _memorised_fakes(workspace, body_part, cls, paths,
+                                                                                   memorisation_threshold).items():
+                manifest.loc[index[i], ["dropped", "drop_reason"]] = [
+                    True, f"memorised: copy of real image {real_name} (distance {distance:.4f} < {threshold:.4f})"]
         if duplicate_threshold is not None and len(paths) > 1:
             for i, (j, distance) in near_duplicates(paths, float(duplicate_threshold)).items():
                 manifest.loc[index[i], ["dropped", "drop_reason"]] = [
@@ -1032,6 +1042,24 @@ def filter_fakes(workspace=None, body_part: str = "XR_SHOULDER", duplicate_thres
     write_manifest(workspace, manifest)
     write_augmented_table(workspace, body_part)
     return manifest[mine & manifest["dropped"]][["path", "class", "drop_reason", "score"]].reset_index(drop=True)
+
+
+def _memorised_fakes(workspace: Workspace, body_part: str, cls: str, paths: Sequence[Path],
+                     threshold: Optional[float] = None) -> Dict[int, Tuple[str, float, float]]:
+    """{index in paths: (nearest real dataset member, its distance, the threshold)} for fakes that copy a real."""
+    from mura_aug import metrics
+
+    fakes = metrics.read_image_files(paths)
+    resolution = int(fakes.shape[-1])
+    if not metrics.dataset_zip_path(workspace, body_part, cls, resolution).is_file():
+        raise UserError(f"Excluding memorised fakes needs the {cls} GAN dataset at {resolution} px, which is "
+                        f"missing ({metrics.dataset_zip_path(workspace, body_part, cls, resolution)}).",
+                        f"Run stage 01 (prepare) with RESOLUTION = {resolution}, or turn memorisation "
+                        "filtering off.")
+    reals, names = metrics.load_real_images(workspace, body_part, cls, resolution, with_names=True)
+    report = metrics.memorisation(fakes, reals, threshold=threshold)
+    return {i: (str(names[report.nearest_real[i]]), float(report.distance[i]), report.threshold)
+            for i in np.flatnonzero(report.flagged)}
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------
@@ -1063,6 +1091,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="drop near-duplicates closer than this (grey levels 0-255 on 32 px thumbnails), e.g. 3")
     filt.add_argument("--drop-fraction", type=float, default=0.0,
                       help="drop this share (0-1) of each class's least realistic fakes by discriminator score")
+    filt.add_argument("--exclude-memorised", action=argparse.BooleanOptionalAction, default=True,
+                      help="drop fakes that are (near) copies of a real training image, as they could leak a "
+                           "patient's X-ray (default: on; --no-exclude-memorised keeps them)")
     filt.add_argument("--discriminator", default=None,
                       help="state-*kimg.pt or NVlabs .pkl whose D scores realism (default: the state file of each "
                            "class's run; required with --grid)")
@@ -1098,7 +1129,7 @@ def run(args: argparse.Namespace) -> int:
             rate = result.generated / result.seconds if result.seconds > 0 and result.generated else 0.0
             print(f"{cls}: {len(result.rows)} fakes ({result.generated} generated, {result.skipped} already there"
                   f"{f', {rate:.1f} img/s' if rate else ''})")
-    if args.dedupe is not None or args.drop_fraction > 0:
+    if args.dedupe is not None or args.drop_fraction > 0 or args.exclude_memorised:
         scorer = None
         if args.discriminator:
             scorer = discriminator_scorer(load_discriminator(args.discriminator, args.device), device=args.device)
@@ -1106,7 +1137,7 @@ def run(args: argparse.Namespace) -> int:
             scorer = run_discriminator_scorer(find_snapshots(workspace, args.body_part, _parse_runs(args.runs),
                                                              args.classes), device=args.device)
         dropped = filter_fakes(workspace, args.body_part, args.dedupe, args.drop_fraction, scorer,
-                               classes=args.classes, progress=progress)
+                               classes=args.classes, progress=progress, exclude_memorised=args.exclude_memorised)
         print(f"dropped {len(dropped)} fakes:")
         for row in dropped.itertuples():
             print(f"  {row.path}: {row.drop_reason}")

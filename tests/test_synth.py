@@ -346,3 +346,24 @@ def test_cli_grid_mode_uses_the_run_resolution(synth_workspace, capsys):
     assert "4 tiles (0 written, 4 already there)" in capsys.readouterr().out
     assert cli.main(argv[:-3] + ["--no-progress"]) == 2
     assert "--grid needs --grid-class" in capsys.readouterr().err
+
+
+def test_filtering_excludes_a_fake_that_copies_a_real_image(synth_workspace):
+    import io
+    import zipfile
+
+    from mura_aug.prepare import dataset_path
+
+    ws = synth_workspace
+    synth.synthesize(ws, n_per_class=4, device="cpu", progress=False, classes=["positive"])
+    fakes = sorted(ws.augmented_dir("positive").glob("*.png"))
+    with zipfile.ZipFile(dataset_path(ws, "XR_SHOULDER", "positive", 32)) as archive:
+        member = sorted(n for n in archive.namelist() if n.endswith(".png"))[3]
+        real = Image.open(io.BytesIO(archive.read(member))).convert("L")
+    real.save(fakes[1])  # the generator "memorised" training image number 3
+    dropped = synth.filter_fakes(ws, classes=["positive"], progress=False, exclude_memorised=True)
+    assert list(dropped["path"]) == [fakes[1].relative_to(ws.root).as_posix()]
+    assert "memorised" in dropped["drop_reason"].iloc[0] and member in dropped["drop_reason"].iloc[0]
+    table = pd.read_csv(synth.augmented_table_path(ws, "XR_SHOULDER"))
+    assert fakes[1].relative_to(ws.root).as_posix() not in set(table["path"])
+    assert (table["source"] == "synthetic").sum() == 3

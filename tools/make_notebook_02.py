@@ -27,7 +27,7 @@ CFG = "auto"  # network size: "auto" (NVlabs' default), "paper256", "stylegan2",
 RESOLUTION = None  # training resolution in px; None = the resolution notebook 01 prepared (256 by default)
 KIMG = 1000  # train until this many thousand images were shown to D (NVlabs trains 5000-25000)
 KIMG_PER_TICK = 4  # thousand images per tick = per stats line (may be a fraction, e.g. 0.1 on a CPU)
-SNAP = 10  # ticks between snapshots (a 256 px state is about 250 MB: keep this sensible)
+SNAP = 10  # ticks between snapshots (at 256 px a training state is about 630 MB, a generator file about 89 MB)
 BATCH = None  # images per step; None = the config's (auto: 16 at 256 px)
 SEED = 0  # random seed (also picks the latents of the fakes grid)
 MAX_MINUTES = 690  # stop with a final snapshot after this many minutes (Colab ends sessions after ~12 h); None = no limit

@@ -31,6 +31,7 @@ DEVICE = "auto"  # "auto" picks the GPU when there is one, else the CPU; or "cpu
 CUT_GRIDS = False  # also cut each snapshot's fakes grid into single images, as the original work did
 DEDUPE_THRESHOLD = None  # drop near-duplicate fakes closer than this (grey levels, 0-255), e.g. 3.0; None turns it off
 DROP_FRACTION = 0.0  # drop this share (0-1) of each class's least realistic fakes by discriminator score
+EXCLUDE_MEMORISED = True  # drop fakes that copy a real training image (they could leak a patient's X-ray)
 SHOW_WIDGETS = True  # end with the classroom widgets (generator explorer, snapshot browser, real-or-fake quiz)"""
 
 CELLS = [
@@ -59,18 +60,20 @@ if CUT_GRIDS:
     cut = synth.cut_run_grids(workspace, snapshots, BODY_PART, SHARPEN_FACTOR, CONTRAST)
     for cls, result in cut.items():
         print(f"{cls}: {len(result.rows)} tiles cut from {result.rows[0]['source_grid']}")""",
-    {"markdown": "## Optional filtering\nNear-duplicates and the least realistic fakes (lowest discriminator "
-                 "score) are marked as dropped: their files stay, the training table leaves them out. "
+    {"markdown": "## Filtering\nCopies of real training images (memorisation), near-duplicates and the "
+                 "least realistic fakes (lowest discriminator score) are marked as dropped: their files stay, the training table leaves them out. "
                  "Rerun this cell with other thresholds; it starts from scratch each time."},
-    """if DEDUPE_THRESHOLD is not None or DROP_FRACTION > 0:
+    """if DEDUPE_THRESHOLD is not None or DROP_FRACTION > 0 or EXCLUDE_MEMORISED:
     scorer = synth.run_discriminator_scorer(snapshots, device=DEVICE) if DROP_FRACTION > 0 else None
-    dropped = synth.filter_fakes(workspace, BODY_PART, DEDUPE_THRESHOLD, DROP_FRACTION, scorer)
-    print(f"dropped {len(dropped)} fakes (dedupe threshold {DEDUPE_THRESHOLD}, drop fraction {DROP_FRACTION})")
+    dropped = synth.filter_fakes(workspace, BODY_PART, DEDUPE_THRESHOLD, DROP_FRACTION, scorer,
+                                 exclude_memorised=EXCLUDE_MEMORISED)
+    print(f"dropped {len(dropped)} fakes (dedupe threshold {DEDUPE_THRESHOLD}, drop fraction {DROP_FRACTION}, "
+          f"memorised excluded: {EXCLUDE_MEMORISED})")
     display(dropped)
     if len(dropped):
         display(plots_synth.plot_dropped(workspace.root, dropped))
 else:
-    print("No filtering (set DEDUPE_THRESHOLD or DROP_FRACTION to turn it on).")""",
+    print("No filtering (set DEDUPE_THRESHOLD, DROP_FRACTION or EXCLUDE_MEMORISED to turn it on).")""",
     {"markdown": "## Real and synthetic side by side\nEach class: real training X-rays on the left, kept fakes "
                  "on the right, at the same size."},
     """real, fake = synth.sample_real_and_fake(workspace, BODY_PART, n=8, seed=SEED)
