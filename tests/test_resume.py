@@ -238,3 +238,23 @@ def test_load_generator_on_an_nvlabs_pickle_without_G_ema_says_what_it_found(tmp
     with pytest.raises(UserError, match="holds only G\\.") as info:
         load_generator(only_G)
     assert f"--transfer {only_G}" in info.value.fix
+
+
+def test_cli_resume_latest_keeps_the_runs_own_settings(half_run, tmp_path, capsys):
+    """`train --label positive --resume latest` alone continues the existing run with its cfg, resolution,
+    target and tick length, instead of starting a new `auto` run or taking the CLI's defaults."""
+    from mura_aug import cli
+
+    workspace, run_dir = copy_run(half_run, tmp_path / "ws")
+    options_path = run_dir / "training_options.json"
+    options = json.loads(options_path.read_text())
+    options["kimg"] = 3 * TICK_KIMG  # as if the run had been started with --kimg 0.024
+    options_path.write_text(json.dumps(options))
+    status = cli.main(["train", "--workspace", str(workspace.root), "--label", "positive", "--resume", "latest",
+                       "--device", "cpu", "--no-progress"])
+    assert status == 0, capsys.readouterr().err
+    assert sorted(p.name for p in workspace.experiments.iterdir()) == [run_dir.name]  # no new run folder
+    stats = snap.read_stats(run_dir)
+    assert [line["tick"] for line in stats] == [1, 2, 3]  # one more tick of the stored length, then the target
+    assert stats[-1]["kimg"] == pytest.approx(3 * TICK_KIMG)
+    assert json.loads(options_path.read_text())["snap"] == 1  # the stored snapshot interval, not the default 10

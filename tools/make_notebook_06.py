@@ -42,8 +42,7 @@ N_BOOT = 1000  # bootstrap resamples of the studies for each 95% interval
 WORKERS = 2  # image-loading processes (Colab has 2 CPU cores)"""
 
 CELLS = [
-    """import matplotlib.pyplot as plt
-from IPython.display import display
+    """from IPython.display import display
 
 from mura_aug import classify, plots_eval
 from mura_aug.workspace import resolve_workspace
@@ -61,17 +60,13 @@ print(f"device: {classify.pick_device(settings.device)}; results in {out_dir}")"
 print(f"{summary['n_evaluation_studies']} studies ({summary['n_evaluation_images']} images) of MURA valid")""",
     {"markdown": "## Training curves\nLoss on the training batches (dashed) and on the internal validation "
                  "patients (solid); the weights of the epoch with the lowest validation loss are the ones scored."},
-    """plots_eval.plot_training_curves(summary)
-plt.show()""",
+    """display(plots_eval.plot_training_curves(summary))""",
     {"markdown": "## ROC curves on MURA valid (study level)\nOne line per seed; blue baseline, orange augmented."},
-    """plots_eval.plot_roc_curves(summary, out_dir)
-plt.show()""",
+    """display(plots_eval.plot_roc_curves(summary, out_dir))""",
     {"markdown": "## Confusion matrices\nStudies at MURA's threshold 0.5, summed over seeds. The original work's "
                  "model called many abnormal studies normal: look at the bottom-left cell."},
-    """plots_eval.plot_confusion_matrices(summary, "study@0.5")
-plt.show()
-plots_eval.plot_confusion_matrices(summary, "study@tuned")
-plt.show()""",
+    """display(plots_eval.plot_confusion_matrices(summary, "study@0.5"))
+display(plots_eval.plot_confusion_matrices(summary, "study@tuned"))""",
     {"markdown": "## The comparison\nMean over seeds, with 95% intervals from resampling the studies. Threshold "
                  "0.5 is MURA's; *tuned* is the threshold with the best kappa on the internal validation split."},
     """display(plots_eval.comparison_table(summary, "study@0.5"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+from pathlib import Path
 from typing import Mapping, Optional
 
 from mura_aug.errors import UserError
@@ -34,15 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", required=True, choices=("positive", "negative", "both"),
                         help="class to learn; 'both' trains one class-conditional GAN")
     parser.add_argument("--body-part", default="XR_SHOULDER", help="MURA body part (default XR_SHOULDER)")
-    parser.add_argument("--cfg", default="auto", choices=("auto", "paper256", "stylegan2", "tiny"),
-                        help="network/optimizer configuration (tiny = CPU demos)")
+    parser.add_argument("--cfg", default=None, choices=("auto", "paper256", "stylegan2", "tiny"),
+                        help="network/optimizer configuration (tiny = CPU demos; default auto, or the resumed "
+                             "run's)")
     parser.add_argument("--resolution", type=int, default=None,
                         help="training resolution in px (default: the prepared dataset's)")
-    parser.add_argument("--kimg", type=_positive_float, default=1000.0,
-                        help="train until this many thousand images were shown (fractions allowed)")
-    parser.add_argument("--kimg-per-tick", type=_positive_float, default=4.0,
-                        help="thousand images per tick / stats line (fractions allowed)")
-    parser.add_argument("--snap", type=int, default=10, help="ticks between snapshots")
+    parser.add_argument("--kimg", type=_positive_float, default=None,
+                        help="train until this many thousand images were shown (fractions allowed; default 1000, "
+                             "or the resumed run's target)")
+    parser.add_argument("--kimg-per-tick", type=_positive_float, default=None,
+                        help="thousand images per tick / stats line (fractions allowed; default 4)")
+    parser.add_argument("--snap", type=int, default=None, help="ticks between snapshots (default 10)")
     parser.add_argument("--batch", type=int, default=None,
                         help="images per iteration, all GPUs together (default: the config's)")
     parser.add_argument("--batch-gpu", type=int, default=None,
@@ -59,10 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--freeze-d", type=int, default=0, help="Freeze-D: D blocks (highest resolutions) to freeze")
     parser.add_argument("--max-minutes", type=_positive_float, default=None,
                         help="stop with a final snapshot after this many minutes")
-    parser.add_argument("--keep", type=int, default=3, help="training states to keep (newest)")
-    parser.add_argument("--keep-networks-every", type=int, default=1,
-                        help="keep the inference file of every N-th snapshot (and the newest)")
-    parser.add_argument("--metrics-every", type=int, default=0,
+    parser.add_argument("--keep", type=int, default=None, help="training states to keep (newest; default 3)")
+    parser.add_argument("--keep-networks-every", type=int, default=None,
+                        help="keep the inference file of every N-th snapshot (and the newest; default 1)")
+    parser.add_argument("--metrics-every", type=int, default=None,
                         help="compute FID/KID (offline feature net), precision/recall and diversity of G_ema every "
                              "N-th snapshot and add them to that tick's line in stats.jsonl (0 = never, the "
                              "default; each measurement generates --metrics-fakes images while training waits)")
@@ -134,9 +137,68 @@ def _join_process_group(environment: dict, requested_device: Optional[str]) -> s
     return device
 
 
+# Defaults of the run settings. They apply to a new run; a resumed run keeps the values it was started with
+# (from its training_options.json) unless the command line names them again.
+RUN_DEFAULTS = {"cfg": "auto", "kimg": 1000.0, "kimg_per_tick": 4.0, "snap": 10, "keep": 3,
+                "keep_networks_every": 1, "metrics_every": 0}
+# argparse name -> key in training_options.json
+STORED_NAMES = {"cfg": "cfg", "resolution": "resolution", "kimg": "kimg", "kimg_per_tick": "kimg_per_tick",
+                "snap": "snap", "keep": "keep_states", "keep_networks_every": "keep_networks_every",
+                "metrics_every": "metrics_every", "metrics_fakes": "metrics_fakes"}
+
+
+def run_to_resume(args: argparse.Namespace) -> Optional[Path]:
+    """The existing run folder `--resume` refers to, or None (a new run, or an NVlabs pickle)."""
+    from mura_aug.gan import snapshot
+    from mura_aug.workspace import resolve_workspace
+
+    if not args.resume:
+        return None
+    workspace = resolve_workspace(args.workspace, create=False)  # only looks: under torchrun rank 0 alone writes
+    if args.resume != "latest":
+        path = Path(args.resume).expanduser()
+        folder = path if path.is_dir() else path.parent
+        return folder if (folder / "training_options.json").is_file() else None
+    if args.run:
+        folder = workspace.experiments / args.run
+        return folder if folder.is_dir() else None
+    candidates = []
+    for info in snapshot.list_runs(workspace):
+        options = snapshot.read_training_options(info.path)
+        if (options.get("label") == args.label and options.get("body_part", "XR_SHOULDER") == args.body_part
+                and args.cfg in (None, options.get("cfg"))
+                and args.resolution in (None, options.get("resolution"))):
+            candidates.append(info)
+    if not candidates:
+        return None
+    chosen = max(candidates, key=lambda info: info.mtime)
+    if len(candidates) > 1:
+        print(f"--resume latest: {len(candidates)} runs of {args.body_part} {args.label} match; continuing the most "
+              f"recently changed, {chosen.name} (name another with --run).")
+    return chosen.path
+
+
+def fill_run_settings(args: argparse.Namespace) -> None:
+    """Settings not given on the command line: the resumed run's own, else RUN_DEFAULTS (changes args)."""
+    from mura_aug.gan import snapshot
+
+    folder = run_to_resume(args)
+    if folder is not None:
+        stored = snapshot.read_training_options(folder)
+        for name, key in STORED_NAMES.items():
+            if getattr(args, name, None) is None and stored.get(key) is not None:
+                setattr(args, name, stored[key])
+        if args.run is None and args.resume == "latest":
+            args.run = folder.name
+    for name, value in RUN_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def run(args: argparse.Namespace) -> int:
     from mura_aug.gan.training_loop import train
 
+    fill_run_settings(args)
     if args.snap < 1 or args.keep < 1:
         raise UserError(f"--snap {args.snap} / --keep {args.keep}: both must be at least 1.",
                         "Use e.g. --snap 10 --keep 3.")

@@ -113,7 +113,9 @@ def _amp_dtype(amp, device: torch.device) -> Optional[torch.dtype]:
     if device.type != "cuda" or amp in (False, "off", "no", "fp32"):
         return None
     if amp in (None, True, "auto"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Native bf16 needs compute capability 8.0 (Ampere) or newer; torch reports it as "supported" on a
+        # T4 (7.5) too, where it is only emulated and slower than fp16.
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     if amp in ("bf16", "bfloat16"):
         return torch.bfloat16
     if amp in ("fp16", "float16"):
@@ -532,7 +534,7 @@ def train(workspace: Optional[PathLike] = None,
             newest = snapshots.list_snapshots(run_dir)[-1]
             raise UserError(f"The run folder {run_dir} already holds snapshots (up to {newest.kimg:g} kimg).",
                             "Pass --resume latest (RESUME = 'latest' in the notebook) to continue it, or "
-                            "--run NAME / another --seed to start a separate run.")
+                            "--run NAME to start a separate run.")
     if state is not None:
         options = dict(state["options"])
         for key, value in dict(kimg=kimg, snap=snap, max_minutes=max_minutes, keep_states=keep_states,
