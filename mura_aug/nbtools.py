@@ -7,6 +7,7 @@ notebook has the same first cell and exactly one cell tagged `parameters`, and i
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -79,6 +80,36 @@ def notebook_path(name: str) -> Path:
     return matches[0]
 
 
+def _kernel_transport() -> dict:
+    """Papermill options that run the kernel over local IPC sockets where the OS has them.
+
+    Over TCP, ipykernel >= 7 warns at every start that the traffic is unencrypted: true, but the kernel is
+    local and short-lived, and in a classroom the warning only alarms. IPC sockets are files only this user
+    can open, so there is nothing to warn about."""
+    if os.name != "posix":
+        return {}
+    return {"kernel_manager_class": "mura_aug.nbtools.IpcKernelManager"}
+
+
+@functools.lru_cache(maxsize=None)
+def _ipc_kernel_manager_class():
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(**kwargs)
+
+    return IpcKernelManager
+
+
+def __getattr__(name: str):
+    # Built on first use: importing jupyter_client at module level would slow every `python -m mura_aug`.
+    if name == "IpcKernelManager":
+        return _ipc_kernel_manager_class()
+    raise AttributeError(name)
+
+
 def execute_notebook(source: Union[str, os.PathLike], output: Union[str, os.PathLike],
                      parameters: Optional[dict] = None, cwd: Optional[Union[str, os.PathLike]] = None,
                      timeout_s: Optional[int] = None, progress: bool = False, log_output: bool = False) -> Path:
@@ -103,7 +134,7 @@ def execute_notebook(source: Union[str, os.PathLike], output: Union[str, os.Path
         with _kernel_imports_this_package(), _quiet_papermill_false_alarms(source):
             pm.execute_notebook(str(source), str(partial), parameters=parameters or {},
                                 cwd=str(cwd) if cwd else None, kernel_name="python3", progress_bar=progress,
-                                execution_timeout=timeout_s, log_output=log_output)
+                                execution_timeout=timeout_s, log_output=log_output, **_kernel_transport())
     except pm.PapermillExecutionError as exc:
         _finish_partial(partial, output)
         cell_source = exc.source or _failing_cell_source(output, exc.exec_count)
