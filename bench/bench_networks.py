@@ -2,7 +2,7 @@
 that follows for NVlabs' training schedule.
 
     python bench/bench_networks.py [--config auto|tiny|both] [--threads 2,1] [--precision fp32[,bf16]]
-                                   [--batch 4] [--repeats 3] [--out bench/results/networks_cpu.md]
+                                   [--batch 4] [--repeats 3] [--channels-last] [--out bench/results/networks_cpu.md]
 
 Reference point (issue 3): NVIDIA's own code takes about 900 s/kimg at 32x32, `auto` config, batch 4,
 fp32, on a 2-core CPU; the goal is half of that or less. This bench times the networks alone, with the
@@ -135,11 +135,13 @@ def bench_config(name, G_kwargs, D_kwargs, batch, repeats, threads, precision="f
     steps_per_kimg = 1000 / batch
     s_per_kimg = steps_per_kimg * sum(rows[p][0] * w for p, w in weights.items())
     cpu_per_kimg = steps_per_kimg * sum(rows[p][1] * w for p, w in weights.items())
-    name = f"{name} {precision}"
+    import mura_aug.gan.networks as networks
+
+    name = f"{name} {precision}" + (" channels-last" if networks.CPU_CHANNELS_LAST else "")
     print(f"{name} x{threads}: {s_per_kimg:.0f} s/kimg wall ({cpu_per_kimg:.0f} CPU-s/kimg), "
           f"{params / 1e6:.2f} M parameters")
     return dict(name=name, threads=threads, rows=rows, s_per_kimg=s_per_kimg, cpu_per_kimg=cpu_per_kimg,
-                params=params)
+                params=params, load=os.getloadavg()[0])
 
 
 def write_report(path, results, args):
@@ -164,6 +166,8 @@ def write_report(path, results, args):
         phase_cells = " | ".join(f"{rows[p][0]:.2f}" for p in ("Gmain", "Dmain", "Greg", "Dreg"))
         lines.append(f"| {r['name']} | {r['threads']} | {r['params'] / 1e6:.2f} | {phase_cells} | "
                      f"{r['s_per_kimg']:.0f} | {r['cpu_per_kimg']:.0f} |")
+    lines += ["", f"torch {__import__('torch').__version__}; load average 1 min at each row's end: "
+              + ", ".join(f"{r['name']} x{r['threads']}: {r['load']:.1f}" for r in results) + "."]
     for auto in (r for r in results if r["name"].startswith("auto-32")):
         lines += ["", f"{auto['name']} with {auto['threads']} thread(s): {auto['s_per_kimg']:.0f} s/kimg wall, "
                   f"{auto['cpu_per_kimg']:.0f} CPU-s/kimg; NVIDIA's code, same setting: about "
@@ -180,8 +184,14 @@ def main():
     parser.add_argument("--precision", default="fp32", help="fp32 and/or bf16 (CPU autocast), comma-separated")
     parser.add_argument("--batch", type=int, default=4, help="images per step")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per phase (median)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels-last activations inside the blocks (networks.CPU_CHANNELS_LAST)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "networks_cpu.md")
     args = parser.parse_args()
+    if args.channels_last:
+        import mura_aug.gan.networks as networks
+
+        networks.CPU_CHANNELS_LAST = True
 
     results = []
     tiny = tiny_kwargs() if args.config in ("tiny", "both") else None

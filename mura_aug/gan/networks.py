@@ -80,7 +80,9 @@ def _parse_padding(padding):
 
 
 def _depthwise(f: torch.Tensor, channels: int, dtype) -> torch.Tensor:
-    return f.to(dtype)[None, None].expand(channels, 1, *f.shape)
+    # A real (contiguous) [C, 1, kh, kw] tensor, not an expanded view: oneDNN's depthwise kernels take a slow
+    # path for the zero-stride view (4x512x32x32, 4x4 taps, padding 2: forward 11.7 -> 2.5 ms on one core).
+    return f.to(dtype)[None, None].expand(channels, 1, *f.shape).contiguous()
 
 
 def upfirdn2d(x, f, up=1, down=1, padding=0, gain=1.0):
@@ -93,19 +95,67 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, gain=1.0):
     fh, fw = f.shape
     kernel = _depthwise(f * gain, channels, x.dtype)
     if up == 1:
-        conv_padding = 0
-        if px0 == px1 == py0 == py1 and px0 >= 0:
-            conv_padding = px0  # conv2d pads itself: no padded copy of x
-        else:
-            x = F.pad(x, [px0, px1, py0, py1])
         # conv2d is a correlation: flip the taps to get a convolution.
-        return F.conv2d(x, kernel.flip([2, 3]), stride=down, padding=conv_padding, groups=channels)
+        return _DepthwiseFIR.apply(x, kernel.flip([2, 3]), down, (px0, px1, py0, py1))
     if down != 1:
         raise ValueError("upfirdn2d: upsampling and downsampling in one call is not needed here")
     # conv_transpose2d(x, f, stride=up) is the full convolution of the zero-stuffed x with f; NVlabs'
     # output pixel m is full[m + fh - 1 - pad0], so crop/pad the full result accordingly.
     x = F.conv_transpose2d(x, kernel, stride=up, groups=channels)
     return F.pad(x, [px0 - fw + 1, px1 + up - fw, py0 - fh + 1, py1 + up - fh])
+
+
+def _depthwise_fir(x, kernel, down, pads):
+    """Pad x by pads = (x0, x1, y0, y1) (negative = crop), correlate each channel with kernel [C, 1, kh, kw],
+    keep every down-th pixel."""
+    px0, px1, py0, py1 = pads
+    if px0 == px1 == py0 == py1 and px0 >= 0:
+        return F.conv2d(x, kernel, stride=down, padding=px0, groups=x.shape[1])  # no padded copy of x
+    return F.conv2d(F.pad(x, [px0, px1, py0, py1]), kernel, stride=down, groups=x.shape[1])
+
+
+class _DepthwiseFIR(torch.autograd.Function):
+    """_depthwise_fir with a hand-written adjoint as its backward. Autograd's own double backward of a
+    depthwise conv also computes the (unused) kernel gradient, one small conv per channel: on a CPU that was
+    ~20 % of the path-length and R1 phases. The filter is a constant (a buffer), so no kernel gradient here."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, down, pads):
+        ctx.save_for_backward(kernel)
+        ctx.down, ctx.pads, ctx.size = down, pads, tuple(x.shape[2:])
+        return _depthwise_fir(x, kernel, down, pads)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (kernel,) = ctx.saved_tensors
+        px0, px1, py0, py1 = ctx.pads
+        if ctx.down == 1:
+            # Adjoint of (pad, correlate): correlate with the flipped kernel, padded by (k - 1 - pad).
+            kh, kw = kernel.shape[2:]
+            pads = (kw - 1 - px0, kw - 1 - px1, kh - 1 - py0, kh - 1 - py1)
+            return _DepthwiseFIR.apply(grad, kernel.flip([2, 3]), 1, pads), None, None, None
+        return _DepthwiseFIRTranspose.apply(grad, kernel, ctx.down, ctx.pads, ctx.size), None, None, None
+
+
+class _DepthwiseFIRTranspose(torch.autograd.Function):
+    """Adjoint of _DepthwiseFIR with down > 1: zero-stuff, full correlation (conv_transpose2d), undo the pads;
+    its own backward is _DepthwiseFIR again, so any order of derivatives stays on these two."""
+
+    @staticmethod
+    def forward(ctx, grad, kernel, down, pads, size):
+        ctx.save_for_backward(kernel)
+        ctx.down, ctx.pads = down, pads
+        px0, px1, py0, py1 = pads
+        full = F.conv_transpose2d(grad, kernel, stride=down, groups=grad.shape[1])
+        # Rows/columns of the padded input that no output pixel read (stride remainder) get zero gradient.
+        rest_y = size[0] + py0 + py1 - full.shape[2]
+        rest_x = size[1] + px0 + px1 - full.shape[3]
+        return F.pad(full, [-px0, rest_x - px1, -py0, rest_y - py1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (kernel,) = ctx.saved_tensors
+        return _DepthwiseFIR.apply(grad, kernel, ctx.down, ctx.pads), None, None, None, None
 
 
 def upsample2d(x, f, up=2):
@@ -251,6 +301,21 @@ def _activate(x, act, clamp):
     elif act != "linear":
         raise ValueError(f"activation {act!r} is not supported (linear, relu, lrelu)")
     return _clamp(x, clamp)
+
+
+# Channels-last (NHWC) activations on CPU: a bare 512->512 3x3 conv (4x512x32x32, forward + backward) runs
+# 8 % faster with 1 thread and 15 % with 2, but the whole networks ran 5-10 % *slower* (auto, 32 px, CPU
+# seconds per training phase; weight reorders and the elementwise ops cost more than the convs gain), so it
+# is off. A module-level switch so benchmarks can compare both layouts (bench_networks.py --channels-last).
+CPU_CHANNELS_LAST = False
+
+
+def _block_memory_format(fp16_channels_last: bool, dtype, device: torch.device):
+    if dtype == torch.float16 and fp16_channels_last:  # NVlabs' option for tensor cores
+        return torch.channels_last
+    if device.type == "cpu" and CPU_CHANNELS_LAST:
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _block_dtype(use_fp16: bool, device: torch.device, force_fp32: bool):
@@ -500,8 +565,7 @@ class SynthesisBlock(torch.nn.Module):
     def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, **layer_kwargs):
         w_iter = iter(ws.unbind(dim=1))
         dtype = _block_dtype(self.use_fp16, ws.device, force_fp32)
-        memory_format = torch.channels_last if self.channels_last and dtype == torch.float16 \
-            else torch.contiguous_format
+        memory_format = _block_memory_format(self.channels_last, dtype, ws.device)
         if fused_modconv is None:
             # Per-sample weights (one grouped conv) pay off for inference on CUDA, as in NVlabs. Training,
             # and CPU batches (measured 1.5x faster at 128 px, batch 8), run faster with one shared conv.
@@ -509,8 +573,8 @@ class SynthesisBlock(torch.nn.Module):
             fused_modconv = (not self.training) and (dtype == torch.float32 or batch == 1) \
                 and (ws.device.type == "cuda" or batch == 1)
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format)
-            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.const.to(dtype=dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = x.contiguous(memory_format=memory_format)
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
         else:
             x = x.to(dtype=dtype, memory_format=memory_format)
@@ -639,8 +703,7 @@ class DiscriminatorBlock(torch.nn.Module):
     def forward(self, x, img, force_fp32=False):
         device = (x if x is not None else img).device
         dtype = _block_dtype(self.use_fp16, device, force_fp32)
-        memory_format = torch.channels_last if self.channels_last and dtype == torch.float16 \
-            else torch.contiguous_format
+        memory_format = _block_memory_format(self.channels_last, dtype, device)
         if x is not None:
             x = x.to(dtype=dtype, memory_format=memory_format)
         if self.in_channels == 0:
