@@ -793,8 +793,8 @@ def _run_locked(workspace: Workspace, options: dict, state: Optional[dict], nvla
     # 4. Loss, augmentation, optimizers.
     augment_pipe, ada = _make_augment(config, batch_size, device)
     loss = StyleGAN2Loss(G=G, D=D, augment_pipe=augment_pipe, **dict(_cfg_get(config, "loss_kwargs", {})))
-    G_opt = torch.optim.Adam(G.parameters(), **_adam_kwargs(_cfg_get(config, "G_opt_kwargs")))
-    D_opt = torch.optim.Adam(D.parameters(), **_adam_kwargs(_cfg_get(config, "D_opt_kwargs")))
+    G_opt = _make_adam(G.parameters(), _adam_kwargs(_cfg_get(config, "G_opt_kwargs")))
+    D_opt = _make_adam(D.parameters(), _adam_kwargs(_cfg_get(config, "D_opt_kwargs")))
     phases = []
     for name, module, opt, reg_interval in (("G", G, G_opt, _cfg_get(config, "G_reg_interval")),
                                             ("D", D, D_opt, _cfg_get(config, "D_reg_interval"))):
@@ -994,8 +994,8 @@ def _run_locked(workspace: Workspace, options: dict, state: Optional[dict], nvla
                     sign_sum, sign_count = sign_sum + phase_signs[0], sign_count + phase_signs[1]
                 with torch.no_grad():
                     ema_beta = config.ema_beta(cur_nimg)  # half-life ema_kimg, ramped up at the start
-                    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-                        p_ema.copy_(p.lerp(p_ema, ema_beta))
+                    # one fused update of all tensors: p_ema += (1 - beta) * (p - p_ema)
+                    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1.0 - ema_beta)
                     for b_ema, b in zip(G_ema.buffers(), G.buffers()):
                         b_ema.copy_(b)
                 cur_nimg += batch_size
@@ -1206,6 +1206,16 @@ def _training_metrics(G_ema, images, labels, device, say, num_fakes: Optional[in
             return {}
     return {key: (float(value) if isinstance(value, (int, float, np.floating)) else value)
             for key, value in dict(result).items()}
+
+
+def _make_adam(params, kwargs: dict) -> torch.optim.Optimizer:
+    """Adam with the fused kernel where this torch has it for the parameters' device (CPU: torch >= 2.4):
+    on a CPU the step of auto-32 drops from ~0.12 s to ~0.03 s (bench/results/networks_cpu.md)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the fused kernel
+        return torch.optim.Adam(params, **kwargs)
 
 
 def _adam_kwargs(kwargs) -> dict:
