@@ -134,8 +134,9 @@ def main() -> None:
         f"Device: {args.device}. Images per measurement in the table, batch {args.batch}, "
         "freshly initialised networks (speed does not depend on the weights). "
         f"1-minute load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after: other jobs shared "
-        "the CPU, so the img/s columns vary between runs and are lower bounds of an idle machine; the share of "
-        "time inside the generator is the robust number.",
+        "the CPU, so the img/s columns vary between runs and are lower bounds of an idle machine. The share of "
+        "time inside the generator says what bounds a large batch of fakes: the generator (near 100 %) or "
+        "sharpening and saving (well below).",
         "",
         "| generator | images | generate only (img/s) | generate + sharpen + save (img/s) | share of that time in G "
         f"| PNG size (KiB) | {TARGET_IMAGES:,} images (generate + save) |",

@@ -140,7 +140,7 @@ def main():
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()}-core CPU, no GPU "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__}, {args.threads} thread(s).",
         f"- Data: demo tree (60 patients), {count} positive train images, padded square, 32 px.",
-        f"- Command: `python bench/bench_quality.py " + " ".join(sys.argv[1:]) + "`",
+        "- Command: `python bench/bench_quality.py " + " ".join(sys.argv[1:]) + "`",
         f"- Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min; shared machine).",
         f"- R1 gamma: {args.gamma if args.gamma is not None else 'the tiny config default'}.",
         "",

@@ -16,34 +16,12 @@ BODY = "XR_SHOULDER"
 SYNTHETIC_PER_CLASS = 12  # fakes added to the test workspace (copies of real training images)
 
 
-def _workspace_from_demo(demo_mura: Path, workspace: Workspace) -> Workspace:
-    """Stage-01 tables built by hand from the demo tree; used only while mura_aug.prepare is not there."""
-    workspace.ensure()
-    for split in ("train", "valid"):
-        rows = []
-        for member in (demo_mura / f"{split}_image_paths.csv").read_text().split():
-            _, _, body, patient, study_folder, image = member.split("/")
-            study, cls = study_folder.split("_")
-            path = f"data/images/{cls}/{body}_{split}_{patient}_{study}_{image[:-4]}.png"
-            shutil.copyfile(demo_mura.parent / member, workspace.root / path)
-            rows.append({"path": path, "filename": member, "class": cls, "label": int(cls == "positive"),
-                         "patient": patient, "study": study, "study_id": f"{split}/{body}/{patient}/{study_folder}",
-                         "body_part": body, "split": split, "view": image[:-4], "source": "real"})
-        pd.DataFrame(rows).to_csv(workspace.tables / f"{BODY}_{split}.csv", index=False)
-    return workspace
-
-
 @pytest.fixture(scope="module")
-def eval_workspace(request, demo_mura, tmp_path_factory) -> Workspace:
+def eval_workspace(prepared_workspace, tmp_path_factory) -> Workspace:
     """A prepared demo workspace (a private copy) plus synthetic rows, as stage 05 would add them."""
     target = tmp_path_factory.mktemp("eval") / "workspace"
-    try:
-        import mura_aug.prepare  # noqa: F401
-    except ImportError:
-        workspace = _workspace_from_demo(Path(demo_mura), Workspace(target))
-    else:
-        shutil.copytree(request.getfixturevalue("prepared_workspace").root, target)
-        workspace = Workspace(target)
+    shutil.copytree(prepared_workspace.root, target)
+    workspace = Workspace(target)
     train = pd.read_csv(workspace.tables / f"{BODY}_train.csv", dtype={"patient": str})
     fakes = []
     for cls in ("positive", "negative"):

@@ -66,7 +66,7 @@ def workspaces(request, tmp_path_factory):
         pytest.importorskip("mura_aug.prepare")
         source = request.getfixturevalue("prepared_workspace").root
     except (pytest.skip.Exception, ImportError):
-        from test_training import make_dataset
+        from gan_datasets import make_dataset
 
         source = base / "made"
         make_dataset(source, "positive")

@@ -1,6 +1,5 @@
 """Exact resume, kills at random moments, a truncated newest state, a full disk (issue 4, "Done when")."""
 import errno
-import io
 import json
 import os
 import random
@@ -9,39 +8,23 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot as snap
 from mura_aug.gan.training_loop import train, without_timings
 from mura_aug.workspace import Workspace
 
+from gan_datasets import make_dataset  # noqa: E402  (tests/ is on sys.path)
+
 TICK_KIMG = 0.008  # 2 iterations of 4 images per tick: fast on a 2-core CPU
 FAST = dict(cfg="tiny", resolution=16, kimg_per_tick=TICK_KIMG, snap=1, batch=4, device="cpu", progress=False,
             log=lambda text: None)
 REPO = Path(__file__).resolve().parent.parent
 
-
-def make_dataset(root: Path, cls: str = "positive", res: int = 16, count: int = 12) -> Workspace:
-    """A workspace with an NVlabs-layout dataset zip of `count` blurry bright bars on a dark field."""
-    workspace = Workspace(root).ensure()
-    rng = np.random.default_rng(len(cls))
-    yy, xx = np.mgrid[0:res, 0:res]
-    with zipfile.ZipFile(workspace.datasets / f"XR_SHOULDER_{cls}_{res}.zip", "w") as archive:
-        for index in range(count):
-            centre = res / 2 + rng.normal() * res / 10
-            pixels = 220 * np.exp(-((xx - centre) ** 2) / (2 * (res / 8) ** 2)) + rng.normal(0, 8, (res, res))
-            buffer = io.BytesIO()
-            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).convert("RGB").save(buffer, format="PNG")
-            archive.writestr(f"00000/img{index:08d}.png", buffer.getvalue())
-        archive.writestr("dataset.json", json.dumps({"labels": None}))
-    return workspace
 
 
 @pytest.fixture(scope="module")

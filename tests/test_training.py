@@ -1,12 +1,9 @@
 """The training data cache, a short training run through the CLI, retention, transfer with Freeze-D,
 the class-conditional run, and the clean stops (--max-minutes, Ctrl-C)."""
-import io
 import json
 import math
 import signal
 import urllib.error
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,26 +18,13 @@ from mura_aug.gan.dataset import DataSampler, load_training_images
 from mura_aug.gan.training_loop import train, without_timings
 from mura_aug.workspace import Workspace
 
+from gan_datasets import make_dataset  # noqa: E402  (tests/ is on sys.path)
+
 TICK_KIMG = 0.008  # 2 iterations of 4 images
 FAST = dict(cfg="tiny", resolution=16, kimg_per_tick=TICK_KIMG, snap=1, batch=4, device="cpu", progress=False,
             log=lambda text: None)
 RUN = "XR_SHOULDER-positive-tiny-16"
 
-
-def make_dataset(root: Path, cls: str = "positive", res: int = 16, count: int = 12) -> Workspace:
-    """A workspace with an NVlabs-layout dataset zip: `count` bright bars on a dark field, one per class value."""
-    workspace = Workspace(root).ensure()
-    rng = np.random.default_rng(len(cls))
-    yy, xx = np.mgrid[0:res, 0:res]
-    with zipfile.ZipFile(workspace.datasets / f"XR_SHOULDER_{cls}_{res}.zip", "w") as archive:
-        for index in range(count):
-            centre = res / 2 + rng.normal() * res / 10
-            pixels = 220 * np.exp(-((xx - centre) ** 2) / (2 * (res / 8) ** 2)) + rng.normal(0, 8, (res, res))
-            buffer = io.BytesIO()
-            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).convert("RGB").save(buffer, format="PNG")
-            archive.writestr(f"00000/img{index:08d}.png", buffer.getvalue())
-        archive.writestr("dataset.json", json.dumps({"labels": None}))
-    return workspace
 
 
 @pytest.fixture(scope="module")
