@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mura_aug import eval_metrics
+from mura_aug.devices import resolve_device
 from mura_aug.errors import UserError
 from mura_aug.workspace import Workspace, atomic_path, atomic_write_csv, atomic_write_json, resolve_workspace
 
@@ -394,20 +395,6 @@ def TinyCNN(width: int = 16):
     return _tiny_cnn_class()(width)
 
 
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name!r} asked for, but no CUDA GPU is visible.",
-                        "Use device='auto' or 'cpu' (in Colab: Runtime > Change runtime type > GPU).")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"Unknown device {name!r}.", "Use auto, cpu or cuda.") from exc
-
-
 # --- one run --------------------------------------------------------------------------------------
 
 def _grad_scaler(enabled: bool):
@@ -650,7 +637,7 @@ def evaluate(workspace=None, body_part: str = "XR_SHOULDER", settings: Optional[
     if not workspace.tables.is_dir():
         raise UserError(f"{workspace.root} holds no prepared tables ({workspace.tables} is missing).",
                         "Pass the workspace that notebook 01 / `python -m mura_aug prepare` wrote to.")
-    device = pick_device(settings.device)
+    device = resolve_device(settings.device)
     train, valid, synthetic = load_tables(workspace, body_part, need_synthetic="augmented" in settings.arms,
                                           check_files=False)
     out_dir = experiment_dir(workspace, body_part, settings)

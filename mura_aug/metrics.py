@@ -35,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from mura_aug.devices import resolve_device
 from mura_aug.errors import UserError
 from mura_aug.workspace import CLASSES, Workspace, atomic_path, atomic_write_csv, atomic_write_json, \
     resolve_workspace
@@ -89,21 +90,6 @@ def _as_uint8_nchw(images) -> "np.ndarray":
 def _batches(count: int, batch_size: int):
     for start in range(0, count, batch_size):
         yield start, min(start + batch_size, count)
-
-
-def resolve_device(device: Optional[str] = "auto"):
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise UserError(f"Unknown device {device!r}.", "Use auto, cpu, cuda or cuda:N.") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"The device {device!r} was asked for, but this machine has no CUDA GPU.",
-                        "Use --device cpu (or auto), or switch the Colab runtime to a GPU.")
-    return resolved
 
 
 # =====================================================================================================

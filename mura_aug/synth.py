@@ -31,6 +31,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from mura_aug.devices import resolve_device
 from mura_aug.errors import UserError
 from mura_aug.workspace import (CLASSES, Workspace, atomic_write_bytes, atomic_write_csv, atomic_write_json,
                                 resolve_workspace)
@@ -269,19 +270,6 @@ def to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array, "RGB")
 
 
-def resolve_device(device: Optional[str] = None):
-    """'auto'/None -> CUDA when available, else CPU; an unavailable CUDA request is a UserError."""
-    import torch
-
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"Device {device} was asked for but this machine has no usable CUDA GPU.",
-                        "Pass device='cpu' (slower) or, in Colab, choose Runtime > Change runtime type > GPU.")
-    return device
-
-
 def generate_images(G, seeds: Sequence[int], truncation_psi: float = DEFAULT_PSI, cls: Optional[str] = None,
                     batch_size: int = 16, device=None, noise_mode: str = "const", progress: bool = True,
                     ) -> Iterator[Tuple[int, np.ndarray]]:
@@ -294,7 +282,7 @@ def generate_images(G, seeds: Sequence[int], truncation_psi: float = DEFAULT_PSI
 
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} is not positive.", "Use 1 or more (16-64 on a GPU).")
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    device = resolve_device(device)
     G = G.to(device)
     c_row = torch.from_numpy(class_vector(G, cls)).to(device)
     seeds = [int(s) for s in seeds]
@@ -923,7 +911,7 @@ def discriminator_scorer(D, batch_size: int = 32, device=None) -> Callable[[Sequ
     """A scorer(paths, cls) -> realism logits (higher = more real) from a discriminator."""
     import torch
 
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    device = resolve_device(device)
     group = max([int(m.group_size) for m in D.modules() if getattr(m, "group_size", None)] or [1])
 
     def score(paths: Sequence[Path], cls: str) -> np.ndarray:
@@ -956,7 +944,7 @@ def classifier_scorer(model, image_size: int = 224, batch_size: int = 32, device
     """
     import torch
 
-    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    device = resolve_device(device)
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
     model = model.eval().to(device)

@@ -53,7 +53,7 @@ settings = classify.EvalSettings(arch=ARCH, pretrained=PRETRAINED, image_size=IM
                                  arms=tuple(ARMS), learning_rate=LEARNING_RATE, early_stop_patience=PATIENCE,
                                  n_boot=N_BOOT, workers=WORKERS)
 out_dir = classify.experiment_dir(workspace, BODY_PART, settings)
-print(f"device: {classify.pick_device(settings.device)}; results in {out_dir}")""",
+print(f"device: {classify.resolve_device(settings.device)}; results in {out_dir}")""",
     {"markdown": "## Train both arms and score them\nOne progress bar per run (arm and seed). Finished runs are "
                  "skipped; an interrupted one continues from its last epoch."},
     """summary = classify.evaluate(workspace, BODY_PART, settings)

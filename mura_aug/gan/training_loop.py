@@ -52,6 +52,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import numpy as np
 import torch
 
+from mura_aug.devices import resolve_device
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot as snapshots
 from mura_aug.gan.dataset import (CLASS_NAMES, DataSampler, batch_tensors, check_resolution, choose_source,
@@ -96,16 +97,6 @@ def _cfg_get(config, name: str, default=None):
 
 def _quiet(text: str) -> None:
     """The log of ranks other than 0."""
-
-
-def _pick_device(device) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"The device {device} was asked for, but PyTorch sees no CUDA GPU.",
-                        "In Colab: Runtime > Change runtime type > GPU; or pass --device cpu.")
-    return device
 
 
 def _amp_dtype(amp, device: torch.device) -> Optional[torch.dtype]:
@@ -503,7 +494,7 @@ def train(workspace: Optional[PathLike] = None,
                         "another network's weights; not both.")
     start_time = time.time()
     workspace = resolve_workspace(workspace, create=rank == 0)  # the other ranks only read
-    device = _pick_device(device)
+    device = resolve_device(device)
     classes_of(label)
 
     # 1. Which run, and is it a resume?
