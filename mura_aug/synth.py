@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from mura_aug.devices import resolve_device
+from mura_aug.imaging import to_grey
 from mura_aug.errors import UserError
 from mura_aug.workspace import (CLASSES, Workspace, atomic_write_bytes, atomic_write_csv, atomic_write_json,
                                 resolve_workspace)
@@ -208,13 +209,8 @@ def open_gray(path: PathLike) -> Image.Image:
     except Exception as exc:
         raise UserError(f"The image {path} cannot be read ({type(exc).__name__}: {exc}).",
                         "Rerun the stage that wrote it (01 for real images, 05 for fakes) to restore it.") from exc
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit / float X-rays: stretch the used range to 0-255 instead of clipping at 255
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
-        return Image.fromarray(scaled.round().astype(np.uint8), "L")
-    return image.convert("L")
+    # stage 01's rule for every mode: 16-bit / float stretched by its own range, alpha composited on black
+    return to_grey(image)
 
 
 # --- sharpening ------------------------------------------------------------------------------------

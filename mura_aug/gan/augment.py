@@ -232,6 +232,14 @@ class AugmentPipe(torch.nn.Module):
         return f"p={float(self.p):.4f}, ops=[{', '.join(active)}]"
 
     # ------------------------------------------------------------------------------------------------------
+    def _random_rotation(self, geom, needs_geom, chance: float, n: int, device):
+        """Compose an arbitrary rotation (up to rotate_max half-turns) onto `geom` for each sample with
+        probability `chance`; returns the new matrices and which samples now need resampling."""
+        theta = (torch.rand([n], device=device) * 2 - 1) * math.pi * self.rotate_max
+        applied = torch.rand([n], device=device) < chance
+        theta = torch.where(applied, theta, torch.zeros_like(theta))
+        return geom @ _rotate2d(-theta), needs_geom | applied
+
     def _chance(self, multiplier, n, device):
         """Per-sample booleans: is this operation applied (probability p * multiplier)?"""
         return torch.rand([n], device=device) < self.p * multiplier
@@ -274,11 +282,7 @@ class AugmentPipe(torch.nn.Module):
         # stretches along a random axis; each gets the probability that makes "at least one" equal p*rotate.
         rotate_chance = 1 - math.sqrt(max(1 - self.rotate * float(self.p), 0.0)) if self.rotate else 0.0
         if self.rotate:
-            theta = (torch.rand([n], device=device) * 2 - 1) * math.pi * self.rotate_max
-            applied = torch.rand([n], device=device) < rotate_chance
-            theta = torch.where(applied, theta, torch.zeros_like(theta))
-            geom = geom @ _rotate2d(-theta)
-            needs_geom |= applied
+            geom, needs_geom = self._random_rotation(geom, needs_geom, rotate_chance, n, device)
         if self.aniso:
             factor = torch.exp2(torch.randn([n], device=device) * self.aniso_std)
             applied = self._chance(self.aniso, n, device)
@@ -286,11 +290,7 @@ class AugmentPipe(torch.nn.Module):
             geom = geom @ _scale2d(1 / factor, factor)
             needs_geom |= applied
         if self.rotate:
-            theta = (torch.rand([n], device=device) * 2 - 1) * math.pi * self.rotate_max
-            applied = torch.rand([n], device=device) < rotate_chance
-            theta = torch.where(applied, theta, torch.zeros_like(theta))
-            geom = geom @ _rotate2d(-theta)
-            needs_geom |= applied
+            geom, needs_geom = self._random_rotation(geom, needs_geom, rotate_chance, n, device)
         if self.xfrac:
             shift = torch.randn([n, 2], device=device) * self.xfrac_std
             applied = self._chance(self.xfrac, n, device)
