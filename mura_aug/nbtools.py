@@ -7,7 +7,6 @@ notebook has the same first cell and exactly one cell tagged `parameters`, and i
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -81,33 +80,10 @@ def notebook_path(name: str) -> Path:
 
 
 def _kernel_transport() -> dict:
-    """Papermill options that run the kernel over local IPC sockets where the OS has them.
-
-    Over TCP, ipykernel >= 7 warns at every start that the traffic is unencrypted: true, but the kernel is
-    local and short-lived, and in a classroom the warning only alarms. IPC sockets are files only this user
-    can open, so there is nothing to warn about."""
+    """Papermill options that run the kernel over local IPC sockets where the OS has them (see ipc_kernel)."""
     if os.name != "posix":
         return {}
-    return {"kernel_manager_class": "mura_aug.nbtools.IpcKernelManager"}
-
-
-@functools.lru_cache(maxsize=None)
-def _ipc_kernel_manager_class():
-    from jupyter_client.manager import AsyncKernelManager
-
-    class IpcKernelManager(AsyncKernelManager):
-        def __init__(self, **kwargs):
-            kwargs.setdefault("transport", "ipc")
-            super().__init__(**kwargs)
-
-    return IpcKernelManager
-
-
-def __getattr__(name: str):
-    # Built on first use: importing jupyter_client at module level would slow every `python -m mura_aug`.
-    if name == "IpcKernelManager":
-        return _ipc_kernel_manager_class()
-    raise AttributeError(name)
+    return {"kernel_manager_class": "mura_aug.ipc_kernel.IpcKernelManager"}
 
 
 def execute_notebook(source: Union[str, os.PathLike], output: Union[str, os.PathLike],
