@@ -2,7 +2,8 @@
 that follows for NVlabs' training schedule.
 
     python bench/bench_networks.py [--config auto|tiny|both] [--threads 2,1] [--precision fp32[,bf16]]
-                                   [--batch 4] [--repeats 3] [--channels-last] [--out bench/results/networks_cpu.md]
+                                   [--batch 4] [--repeats 3] [--channels-last] [--winograd on|off|both]
+                                   [--out bench/results/networks_cpu.md]
 
 Reference point (issue 3): NVIDIA's own code takes about 900 s/kimg at 32x32, `auto` config, batch 4,
 fp32, on a 2-core CPU; the goal is half of that or less. This bench times the networks alone, with the
@@ -23,6 +24,7 @@ option for CPUs with AVX512-BF16 / AMX).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -137,7 +139,8 @@ def bench_config(name, G_kwargs, D_kwargs, batch, repeats, threads, precision="f
     cpu_per_kimg = steps_per_kimg * sum(rows[p][1] * w for p, w in weights.items())
     import mura_aug.gan.networks as networks
 
-    name = f"{name} {precision}" + (" channels-last" if networks.CPU_CHANNELS_LAST else "")
+    name = (f"{name} {precision}" + (" channels-last" if networks.CPU_CHANNELS_LAST else "")
+            + ("" if networks.CPU_WINOGRAD else " direct-conv"))
     print(f"{name} x{threads}: {s_per_kimg:.0f} s/kimg wall ({cpu_per_kimg:.0f} CPU-s/kimg), "
           f"{params / 1e6:.2f} M parameters")
     return dict(name=name, threads=threads, rows=rows, s_per_kimg=s_per_kimg, cpu_per_kimg=cpu_per_kimg,
@@ -186,6 +189,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per phase (median)")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels-last activations inside the blocks (networks.CPU_CHANNELS_LAST)")
+    parser.add_argument("--winograd", choices=("on", "off", "both"), default="on",
+                        help="Winograd F(4x4,3x3) for the big 3x3 convs (networks.CPU_WINOGRAD); both = A/B")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "networks_cpu.md")
     args = parser.parse_args()
     if args.channels_last:
@@ -195,13 +200,17 @@ def main():
 
     results = []
     tiny = tiny_kwargs() if args.config in ("tiny", "both") else None
-    for precision in args.precision.split(","):
-        for threads in (int(t) for t in args.threads.split(",")):
-            if args.config in ("auto", "both"):
-                results.append(bench_config("auto-32", AUTO_32_G, AUTO_32_D, args.batch, args.repeats, threads,
-                                            precision))
-            if tiny is not None:
-                results.append(bench_config("tiny-32", *tiny, args.batch, args.repeats, threads, precision))
+    import mura_aug.gan.networks as networks
+
+    winograd_settings = {"on": [True], "off": [False], "both": [True, False]}[args.winograd]
+    for precision, threads, use_winograd in itertools.product(
+            args.precision.split(","), (int(t) for t in args.threads.split(",")), winograd_settings):
+        networks.CPU_WINOGRAD = use_winograd
+        if args.config in ("auto", "both"):
+            results.append(bench_config("auto-32", AUTO_32_G, AUTO_32_D, args.batch, args.repeats, threads,
+                                        precision))
+        if tiny is not None:
+            results.append(bench_config("tiny-32", *tiny, args.batch, args.repeats, threads, precision))
     write_report(args.out, results, args)
 
 

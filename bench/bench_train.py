@@ -10,7 +10,9 @@ a CPU run is a handful of steps and the figure is an extrapolation, labelled as 
 
 Each run trains a fresh network on demo radiographs (bench_quality.build_dataset) for a few ticks, one tick =
 a whole number of regularisation periods (16 steps: G path length every 4, D R1 every 16, as NVlabs), so a
-tick's time is the schedule's average. The first tick also pays oneDNN's kernel selection and is dropped.
+tick's time is the schedule's average. The first tick also pays oneDNN's kernel selection and is dropped,
+and so is the last: it ends with the run's final snapshot (seconds that a real run pays once per `snap`
+ticks, not per tick).
 paper256 is too slow for even one period: it runs 2 steps (the first with both regularisers, the second
 without) and extrapolates s/kimg = (main + (first - main) * share) / kimg_per_step, where the regulariser
 share is between 1/16 (all of the extra time is R1) and 1/4 (all path length); both ends are reported.
@@ -68,13 +70,14 @@ def run_setting(name, workdir: Path, threads: int, log):
             f"{ticks[-1]['cpu']:.1f} CPU-s")
 
     run = f"bench-{name}"
+    ticks_run = ticks_wanted if extrapolated else ticks_wanted + 1  # + the last tick, which writes the snapshot
     stale = workspace.experiments / run
     if stale.exists():  # always a fresh run: resuming would skip the ticks to measure
         import shutil
 
         shutil.rmtree(stale)
     train(workspace.root, label="positive", cfg=cfg, resolution=resolution, batch=batch,
-          kimg=ticks_wanted * tick_kimg, kimg_per_tick=tick_kimg, snap=10_000, device="cpu", progress=False,
+          kimg=ticks_run * tick_kimg, kimg_per_tick=tick_kimg, snap=10_000, device="cpu", progress=False,
           run=run, keep_states=1, on_tick=on_tick, log=lambda text: None)
     result = dict(name=name, cfg=cfg, resolution=resolution, batch=batch_size, threads=threads,
                   images=count, ticks=len(ticks), extrapolated=extrapolated, load=os.getloadavg())
@@ -86,7 +89,8 @@ def run_setting(name, workdir: Path, threads: int, log):
             high = (main[key] + extra / 4) / tick_kimg
             result[key] = (low, high)
     else:
-        timed = ticks[1:]  # the first tick pays kernel selection and first-touch allocations
+        # The first tick pays kernel selection and first-touch allocations, the last the final snapshot.
+        timed = ticks[1:-1]
         for key in ("wall", "cpu"):
             value = statistics.median(t[key] for t in timed) / tick_kimg
             result[key] = (value, value)
@@ -108,7 +112,7 @@ def write_report(path: Path, results, argv):
         "is shared: wall times are upper bounds; CPU seconds are less affected.",
         "- Command: `python bench/bench_train.py " + " ".join(argv) + "`",
         "- `train(...)` end to end: data sampling, xray augmentation with ADA, Gmain/Dmain every step, path length "
-        "every 4 and R1 every 16 steps, Adam, G_ema, stats. One tick = 16 steps; the first tick is dropped.",
+        "every 4 and R1 every 16 steps, Adam, G_ema, stats. One tick = 16 steps; the first tick (warm-up) and the last (final snapshot) are dropped.",
         "",
         "| setting | batch | threads | ticks timed | s/kimg (wall) | CPU-s/kimg | load (1 min) | note |",
         "|---|---|---|---|---|---|---|---|",
@@ -119,7 +123,7 @@ def write_report(path: Path, results, argv):
             return f"{low:.0f}" if abs(high - low) < 0.5 else f"{low:.0f}-{high:.0f}"
         note = ("extrapolated from 2 steps (1 with both regularisers); range = R1 vs path-length share"
                 if r["extrapolated"] else "")
-        timed = r["ticks"] if r["extrapolated"] else r["ticks"] - 1
+        timed = r["ticks"] if r["extrapolated"] else r["ticks"] - 2
         lines.append(f"| {r['name']} | {r['batch']} | {r['threads']} | {timed} | {cell('wall')} | {cell('cpu')} | "
                      f"{r['load'][0]:.1f} | {note} |")
     for r in results:

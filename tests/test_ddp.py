@@ -151,6 +151,46 @@ def test_an_error_on_rank_0_stops_every_rank(workspaces, tmp_path):
     assert not snap.list_snapshots(run_dir)
 
 
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_stopping_torchrun_ends_every_rank_with_a_final_state(workspaces, tmp_path, how):
+    """Ctrl-C in the terminal (SIGINT to the whole process group) or `kill` of torchrun (torchrun passes
+    SIGTERM on to its workers): the ranks finish the same iteration and rank 0 writes the final state."""
+    import signal
+
+    _, two_ws = workspaces
+    workspace = Workspace(tmp_path / "ws")
+    shutil.copytree(two_ws.root, workspace.root, ignore=shutil.ignore_patterns("experiments"))
+    report_dir = tmp_path / "reports"
+    report_dir.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), str(report_dir),
+               str(workspace.root), "--kimg", "1000", *TRAIN_OPTIONS, "--snap", "100000"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    stats = workspace.experiments / RUN / "stats.jsonl"
+    deadline = time.time() + 120
+    while not (stats.exists() and len(stats.read_text().splitlines()) >= 2) and time.time() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[0][-3000:]
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        os.kill(process.pid, signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    reports = {rank: json.loads((report_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)}
+    assert reports[0]["status"] == 0 and reports[1]["status"] == 0, output[-3000:]
+    assert reports[1]["writes"] == []
+    assert "the final state is saved" in output
+    last = snap.read_stats(workspace.experiments / RUN)[-1]
+    assert last["stop_reason"] == "interrupted"
+    newest = snap.list_snapshots(workspace.experiments / RUN)[-1]
+    assert newest.kimg == pytest.approx(last["kimg"])
+    state = snap.load_state(newest.state_path)
+    assert state["progress"]["cur_nimg"] == round(last["kimg"] * 1000)
+
+
 def test_batch_split_over_ranks_is_checked():
     assert per_rank_batch(32, 4) == (8, 8)
     assert per_rank_batch(32, 4, batch_gpu=4) == (8, 4)

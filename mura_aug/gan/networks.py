@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mura_aug.errors import UserError
+from mura_aug.gan import winograd
 
 LRELU_SLOPE = 0.2  # leaky ReLU negative slope, as in NVlabs' bias_act
 ACTIVATION_GAINS = {"linear": 1.0, "relu": math.sqrt(2), "lrelu": math.sqrt(2)}  # keeps unit variance
@@ -172,10 +173,21 @@ def downsample2d(x, f, down=2):
     return upfirdn2d(x, f, down=down, padding=pad)
 
 
+# Winograd F(4x4, 3x3) for the big stride-1 3x3 convolutions on CPU: a quarter of the multiply-adds of the
+# direct convolution, which on a CPU is the only way left to speed up fp32 training (mura_aug.gan.winograd;
+# bench/results/winograd_cpu.md). Same results up to float rounding. A module-level switch so benchmarks
+# and tests can compare both (bench_networks.py --no-winograd).
+CPU_WINOGRAD = True
+
+
 def _conv(x, w, bias=None, stride=1, padding=0, groups=1, flip_weight=True):
     # flip_weight=True is a correlation (what conv2d computes); False a true convolution.
     if not flip_weight:
         w = w.flip([2, 3])
+    if (CPU_WINOGRAD and stride == 1 and padding == 1 and groups == 1 and w.shape[2:] == (3, 3)
+            and x.device.type == "cpu" and x.dtype == torch.float32 and winograd.worthwhile(x, w)):
+        x = winograd.conv3x3(x, w)
+        return x if bias is None else x + bias.reshape(1, -1, 1, 1)
     return F.conv2d(x, w, bias, stride=stride, padding=padding, groups=groups)
 
 

@@ -52,7 +52,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import numpy as np
 import torch
 
-from mura_aug.devices import resolve_device
+from mura_aug.devices import resolve_device, reuse_freed_cpu_memory
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot as snapshots
 from mura_aug.gan.dataset import (CLASS_NAMES, DataSampler, batch_tensors, check_resolution, choose_source,
@@ -155,16 +155,24 @@ def _seed_everything(seed: int) -> None:
 
 
 class _StopRequest:
-    """The first Ctrl-C (or the notebook's stop button) asks the loop to finish the current iteration and write
-    a final state; a second one interrupts at once."""
+    """The first Ctrl-C (SIGINT; the notebook's stop button) or SIGTERM asks the loop to finish the current
+    iteration and write a final state; a second one interrupts at once.
+
+    SIGTERM is what `kill`, batch schedulers before their time limit, and torchrun pass on to its workers
+    when torchrun itself is told to stop; without a handler it would end the process mid-iteration, with
+    no final state. Under torchrun every rank sees the request and the ranks agree to stop after the same
+    iteration (the per-iteration all_reduce), so rank 0's final state is a consistent one."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -173,8 +181,9 @@ class _StopRequest:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
         return False
 
 
@@ -678,8 +687,10 @@ def _load_nvlabs_resume(path: Path, is_writer: bool, log) -> dict:
 
 def _run(*args) -> Path:
     held = {}  # the run folder's lock, once taken: always given back, whatever ends the run
+    device = args[4]
     try:
-        return _run_locked(*args, held)
+        with reuse_freed_cpu_memory(device):
+            return _run_locked(*args, held)
     finally:
         if "lock" in held:
             held["lock"].release()
