@@ -3,13 +3,14 @@ that follows for NVlabs' training schedule.
 
     python bench/bench_networks.py [--config auto|tiny|both] [--threads 2,1] [--precision fp32[,bf16]]
                                    [--batch 4] [--repeats 3] [--channels-last] [--winograd on|off|both]
+                                   [--memory keep|default|both]
                                    [--out bench/results/networks_cpu.md]
 
 Reference point (issue 3): NVIDIA's own code takes about 900 s/kimg at 32x32, `auto` config, batch 4,
 fp32, on a 2-core CPU; the goal is half of that or less. This bench times the networks alone, with the
 phases NVlabs' loss runs, plain logistic losses and no augmentation:
   Gmain  every step: G forward (random noise, style mixing not included) -> D -> backward into G and D
-  Dmain  every step: G forward without grad, D on fakes and reals, backward into D
+  Dmain  every step: G forward without grad, D on fakes and reals in one pass, one backward into D
   Greg   every 4 steps: path-length term on batch/2 (double backward through G)
   Dreg   every 16 steps: R1 on reals (double backward through D)
 sec/kimg = (1000 / batch) * (Gmain + Dmain + Greg / 4 + Dreg / 16). The whole training loop (augmentation,
@@ -35,6 +36,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+
+import machine_speed  # noqa: E402  (bench/machine_speed.py)
 
 NVLABS_AUTO_32_S_PER_KIMG = 900.0  # NVIDIA's code, auto config, 32 px, batch 4, fp32, 2-core CPU (issue 3)
 
@@ -84,7 +88,10 @@ def phases(G, D, batch):
         train_only(D)
         with torch.no_grad():
             fake = G(z(batch), None, noise_mode="random")
-        loss = F.softplus(D(fake, None)).mean() + F.softplus(-D(real, None)).mean()
+        # One D pass over fakes and reals, as mura_aug's loss does (StyleGAN2Loss._paired_d_main): with
+        # mbstd groups of 4 and a batch of 4, interleaving keeps every group all-fake or all-real.
+        logits = D(torch.stack([fake, real], dim=1).flatten(0, 1), None).reshape(batch, 2)
+        loss = F.softplus(logits[:, 0]).mean() + F.softplus(-logits[:, 1]).mean()
         loss.backward()
 
     def g_reg():
@@ -116,23 +123,35 @@ def time_phase(fn, repeats):
     return statistics.median(walls), statistics.median(cpus)
 
 
-def bench_config(name, G_kwargs, D_kwargs, batch, repeats, threads, precision="fp32"):
+def time_phases(G, D, batch, repeats, precision, name, threads):
     import contextlib
 
     import torch
 
-    from mura_aug.gan.networks import Discriminator, Generator
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    G, D = Generator(**G_kwargs).train(), Discriminator(**D_kwargs).train()
-    params = sum(p.numel() for p in G.parameters()) + sum(p.numel() for p in D.parameters())
     rows = {}
     for phase, fn in phases(G, D, batch).items():
         context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
         with context:
             rows[phase] = time_phase(fn, repeats)
         print(f"{name} x{threads} {phase}: {rows[phase][0]:.3f} s wall, {rows[phase][1]:.3f} s CPU per batch")
+    return rows
+
+
+def bench_config(name, G_kwargs, D_kwargs, batch, repeats, threads, precision="fp32", keep_memory=True):
+    import contextlib
+
+    import torch
+
+    from mura_aug.devices import reuse_freed_cpu_memory
+    from mura_aug.gan.networks import Discriminator, Generator
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    G, D = Generator(**G_kwargs).train(), Discriminator(**D_kwargs).train()
+    params = sum(p.numel() for p in G.parameters()) + sum(p.numel() for p in D.parameters())
+    memory = reuse_freed_cpu_memory("cpu") if keep_memory else contextlib.nullcontext()
+    with memory:
+        rows = time_phases(G, D, batch, repeats, precision, name, threads)
     weights = {"Gmain": 1, "Dmain": 1, "Greg": 1 / 4, "Dreg": 1 / 16}
     steps_per_kimg = 1000 / batch
     s_per_kimg = steps_per_kimg * sum(rows[p][0] * w for p, w in weights.items())
@@ -140,14 +159,14 @@ def bench_config(name, G_kwargs, D_kwargs, batch, repeats, threads, precision="f
     import mura_aug.gan.networks as networks
 
     name = (f"{name} {precision}" + (" channels-last" if networks.CPU_CHANNELS_LAST else "")
-            + ("" if networks.CPU_WINOGRAD else " direct-conv"))
+            + ("" if networks.CPU_WINOGRAD else " direct-conv") + ("" if keep_memory else " default-malloc"))
     print(f"{name} x{threads}: {s_per_kimg:.0f} s/kimg wall ({cpu_per_kimg:.0f} CPU-s/kimg), "
           f"{params / 1e6:.2f} M parameters")
     return dict(name=name, threads=threads, rows=rows, s_per_kimg=s_per_kimg, cpu_per_kimg=cpu_per_kimg,
                 params=params, load=os.getloadavg()[0])
 
 
-def write_report(path, results, args):
+def write_report(path, results, args, speed_note=""):
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
     lines = [
         "# StyleGAN2-ADA networks on CPU: time per training phase and sec/kimg",
@@ -158,6 +177,7 @@ def write_report(path, results, args):
         f"- Load average when finished: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min). Other jobs "
         "shared the two cores, so wall times are upper bounds; CPU seconds are less affected.",
         "- Command: `python bench/bench_networks.py " + " ".join(sys.argv[1:]) + "`",
+        f"- {speed_note}." if speed_note else "",
         "- Networks only (plain logistic losses, no augmentation, no EMA, no data loading); schedule as NVlabs: "
         "Gmain + Dmain every step, path length every 4 (batch/2), R1 every 16.",
         "",
@@ -191,6 +211,9 @@ def main():
                         help="channels-last activations inside the blocks (networks.CPU_CHANNELS_LAST)")
     parser.add_argument("--winograd", choices=("on", "off", "both"), default="on",
                         help="Winograd F(4x4,3x3) for the big 3x3 convs (networks.CPU_WINOGRAD); both = A/B")
+    parser.add_argument("--memory", choices=("keep", "default", "both"), default="keep",
+                        help="keep freed memory in the process as training does (reuse_freed_cpu_memory), "
+                             "glibc's default, or both (A/B)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "networks_cpu.md")
     args = parser.parse_args()
     if args.channels_last:
@@ -198,20 +221,25 @@ def main():
 
         networks.CPU_CHANNELS_LAST = True
 
+    speed_before = machine_speed.reference_conv_ms()
     results = []
     tiny = tiny_kwargs() if args.config in ("tiny", "both") else None
     import mura_aug.gan.networks as networks
 
     winograd_settings = {"on": [True], "off": [False], "both": [True, False]}[args.winograd]
-    for precision, threads, use_winograd in itertools.product(
-            args.precision.split(","), (int(t) for t in args.threads.split(",")), winograd_settings):
+    memory_settings = {"keep": [True], "default": [False], "both": [True, False]}[args.memory]
+    for precision, threads, use_winograd, keep_memory in itertools.product(
+            args.precision.split(","), [int(t) for t in args.threads.split(",")], winograd_settings, memory_settings):
         networks.CPU_WINOGRAD = use_winograd
         if args.config in ("auto", "both"):
             results.append(bench_config("auto-32", AUTO_32_G, AUTO_32_D, args.batch, args.repeats, threads,
-                                        precision))
+                                        precision, keep_memory))
         if tiny is not None:
-            results.append(bench_config("tiny-32", *tiny, args.batch, args.repeats, threads, precision))
-    write_report(args.out, results, args)
+            results.append(bench_config("tiny-32", *tiny, args.batch, args.repeats, threads, precision,
+                                        keep_memory))
+    speed_note = machine_speed.describe(speed_before, machine_speed.reference_conv_ms())
+    print(speed_note)
+    write_report(args.out, results, args, speed_note)
 
 
 if __name__ == "__main__":

