@@ -221,7 +221,7 @@ def main():
 
         networks.CPU_CHANNELS_LAST = True
 
-    speed_before = machine_speed.reference_conv_ms()
+    speed_before = machine_speed.measure()
     results = []
     tiny = tiny_kwargs() if args.config in ("tiny", "both") else None
     import mura_aug.gan.networks as networks
@@ -237,7 +237,7 @@ def main():
         if tiny is not None:
             results.append(bench_config("tiny-32", *tiny, args.batch, args.repeats, threads, precision,
                                         keep_memory))
-    speed_note = machine_speed.describe(speed_before, machine_speed.reference_conv_ms())
+    speed_note = machine_speed.describe(speed_before, machine_speed.measure())
     print(speed_note)
     write_report(args.out, results, args, speed_note)
 

@@ -149,10 +149,10 @@ def main():
         parser.error(f"unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}")
     import machine_speed
 
-    speed_before = machine_speed.reference_conv_ms()
+    speed_before = machine_speed.measure()
     results = [run_setting(name, args.workdir, int(threads), lambda text: print(text, flush=True))
                for name in names for threads in args.threads.split(",")]
-    speed_note = machine_speed.describe(speed_before, machine_speed.reference_conv_ms())
+    speed_note = machine_speed.describe(speed_before, machine_speed.measure())
     print(speed_note)
     write_report(args.out, results, sys.argv[1:], speed_note)
 

@@ -79,7 +79,7 @@ def main():
     sys.path.insert(0, str(REPO_ROOT / "bench"))
     import machine_speed
 
-    speed_before = machine_speed.reference_conv_ms()
+    speed_before = machine_speed.measure()
     rows = []
     with reuse_freed_cpu_memory("cpu"):
         for shape in SHAPES:
@@ -89,7 +89,7 @@ def main():
             rows.append((shape, d_fb, w_fb, d_dd, w_dd, used))
             print(f"{shape}: fwd+bwd {d_fb * 1e3:.1f} -> {w_fb * 1e3:.1f} ms, double backward "
                   f"{d_dd * 1e3:.1f} -> {w_dd * 1e3:.1f} ms, used by the networks: {used}", flush=True)
-    speed_note = machine_speed.describe(speed_before, machine_speed.reference_conv_ms())
+    speed_note = machine_speed.describe(speed_before, machine_speed.measure())
     print(speed_note)
     load = os.getloadavg()
     lines = [

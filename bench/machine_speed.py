@@ -3,23 +3,25 @@
 The CPU figures in bench/results were taken on a 2-core machine shared with other jobs whose load does not
 always show in the load average (neighbours on the same physical cores slow every instruction down). So each
 report that depends on it also records this reference: a 512 -> 512 3x3 convolution of 4 x 512 x 32 x 32
-(the biggest layer of `auto` at 32 px), forward + backward, one thread, best of 3. On this machine, quiet:
-about 390 ms (2026-11-29 22:49 UTC); with a busy neighbour 460-550 ms was seen. Divide a figure by
-(reference / 390) to compare runs taken at different times.
+(the biggest layer of `auto` at 32 px), forward + backward, best of 3, with one thread and with two. On this
+machine, quiet: about 390 ms with one thread (2026-11-29 22:49 UTC), about 210-220 ms with two; with a busy
+neighbour 460-600 ms and 290-300 ms were seen. The two-thread figure also catches a neighbour on the second
+core, which slows a two-thread run much more than the one-thread reference shows.
 """
 from __future__ import annotations
 
 import time
 
-QUIET_REFERENCE_MS = 390.0  # the reference on this machine when nothing else ran (see above)
+QUIET_REFERENCE_MS = 390.0  # ms, 1 thread, on this machine when nothing else ran (see above)
+QUIET_REFERENCE_2_THREADS_MS = 210.0  # ms, 2 threads, the best seen on this machine
 
 
-def reference_conv_ms(repeats: int = 3) -> float:
+def reference_conv_ms(repeats: int = 3, threads: int = 1) -> float:
     import torch
     import torch.nn.functional as F
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         generator = torch.Generator().manual_seed(0)
         x0 = torch.randn(4, 512, 32, 32, generator=generator)
@@ -32,9 +34,15 @@ def reference_conv_ms(repeats: int = 3) -> float:
             best = min(best, time.perf_counter() - start)
         return best * 1000
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous_threads)
 
 
-def describe(before_ms: float, after_ms: float) -> str:
-    return (f"machine speed reference (bench/machine_speed.py: one 512->512 3x3 conv, fwd+bwd, 1 thread): "
-            f"{before_ms:.0f} ms before, {after_ms:.0f} ms after (quiet machine: ~{QUIET_REFERENCE_MS:.0f} ms)")
+def measure() -> tuple:
+    """(1-thread ms, 2-thread ms): the second shows a neighbour on the other core, which the first misses."""
+    return reference_conv_ms(threads=1), reference_conv_ms(threads=2)
+
+
+def describe(before: tuple, after: tuple) -> str:
+    return (f"machine speed reference (bench/machine_speed.py: one 512->512 3x3 conv, fwd+bwd, 1 / 2 threads): "
+            f"{before[0]:.0f} / {before[1]:.0f} ms before, {after[0]:.0f} / {after[1]:.0f} ms after (quiet machine: "
+            f"~{QUIET_REFERENCE_MS:.0f} / ~{QUIET_REFERENCE_2_THREADS_MS:.0f} ms)")
