@@ -3,17 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gan_nets import small_nets
 from mura_aug.gan import networks
 
 
 def _tiny_nets():
-    torch.manual_seed(0)
-    G = networks.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
-                           mapping_kwargs=dict(num_layers=1),
-                           synthesis_kwargs=dict(channel_base=256, channel_max=16, conv_clamp=256))
-    D = networks.Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=256, channel_max=16,
-                               conv_clamp=256, epilogue_kwargs=dict(mbstd_group_size=2))
-    return G.train(), D.train()
+    return small_nets(z_dim=16, img_channels=3, channel_base=256, channel_max=16, mbstd_group_size=2)
 
 
 def _outputs_and_grads(G, D):

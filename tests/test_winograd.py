@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gan_nets import small_nets
 from mura_aug.devices import reuse_freed_cpu_memory
 from mura_aug.gan import networks, winograd
 
@@ -56,13 +57,7 @@ def _count_winograd_calls(monkeypatch):
 
 def _nets_big_enough_for_winograd():
     # 128 channels at 16x16: the smallest layers networks.py hands to Winograd (winograd.worthwhile).
-    torch.manual_seed(0)
-    G = networks.Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=16, img_channels=1,
-                           mapping_kwargs=dict(num_layers=1),
-                           synthesis_kwargs=dict(channel_base=2048, channel_max=128, conv_clamp=256))
-    D = networks.Discriminator(c_dim=0, img_resolution=16, img_channels=1, channel_base=2048, channel_max=128,
-                               conv_clamp=256, epilogue_kwargs=dict(mbstd_group_size=2))
-    return G.train(), D.train()
+    return small_nets(z_dim=32, img_channels=1, channel_base=2048, channel_max=128, mbstd_group_size=2)
 
 
 def _r1_and_path_length_gradients(G, D):
