@@ -176,7 +176,7 @@ def downsample2d(x, f, down=2):
 # Winograd F(4x4, 3x3) for the big stride-1 3x3 convolutions on CPU: a quarter of the multiply-adds of the
 # direct convolution, which on a CPU is the only way left to speed up fp32 training (mura_aug.gan.winograd;
 # bench/results/winograd_cpu.md). Same results up to float rounding. A module-level switch so benchmarks
-# and tests can compare both (bench_networks.py --no-winograd).
+# and tests can compare both (bench_networks.py --winograd off|both).
 CPU_WINOGRAD = True
 
 

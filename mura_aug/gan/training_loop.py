@@ -685,12 +685,11 @@ def _load_nvlabs_resume(path: Path, is_writer: bool, log) -> dict:
     return loaded
 
 
-def _run(*args) -> Path:
+def _run(workspace, options, state, nvlabs_resume, device, *rest) -> Path:
     held = {}  # the run folder's lock, once taken: always given back, whatever ends the run
-    device = args[4]
     try:
         with reuse_freed_cpu_memory(device):
-            return _run_locked(*args, held)
+            return _run_locked(workspace, options, state, nvlabs_resume, device, *rest, held)
     finally:
         if "lock" in held:
             held["lock"].release()
