@@ -109,16 +109,28 @@ def test_small_layers_and_the_switch_keep_the_direct_convolution(monkeypatch):
     assert calls == [(1, 128, 16, 16)]
 
 
-def _glibc_mmapped_bytes():
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _mallinfo():
     libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    return libc.mallinfo2()
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-                     "fordblks", "keepcost")]
 
-    libc.mallinfo2.restype = MallInfo2
-    return libc.mallinfo2().hblkhd
+def _fresh_block_is_mmapped() -> bool:
+    """Allocate a block larger than all free heap memory (so no free chunk can serve it: earlier tests may
+    have left a big heap behind) and say whether glibc mmap'ed it."""
+    info = _mallinfo()
+    size = info.fordblks + 64 * 2 ** 20  # bytes
+    before = info.hblkhd
+    block = torch.empty(size // 4)
+    mmapped = _mallinfo().hblkhd - before >= size
+    del block
+    return mmapped
 
 
 GLIBC_ONLY = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -127,25 +139,13 @@ GLIBC_ONLY = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 
 @GLIBC_ONLY
 def test_cpu_training_keeps_big_blocks_in_the_heap_and_gives_the_default_back():
-    size = 48 * 2 ** 20 // 4  # 48 MB of float32: above glibc's largest mmap threshold
-    before = _glibc_mmapped_bytes()
-    outside = torch.empty(size)
-    assert _glibc_mmapped_bytes() - before >= size * 4  # default: a fresh mmap (zeroed pages every time)
-    del outside
+    assert _fresh_block_is_mmapped()  # glibc's default: a fresh mmap (zeroed pages every time)
     with reuse_freed_cpu_memory("cpu"):
-        before = _glibc_mmapped_bytes()
-        inside = torch.empty(size)
-        assert _glibc_mmapped_bytes() - before < size * 4  # from the heap: freed pages are reused
-        del inside
-    before = _glibc_mmapped_bytes()
-    after_exit = torch.empty(size)
-    assert _glibc_mmapped_bytes() - before >= size * 4  # defaults are back once training ends
-    del after_exit
+        assert not _fresh_block_is_mmapped()  # from the heap, whose freed pages are reused
+    assert _fresh_block_is_mmapped()  # back to mmap once training ends
 
 
 @GLIBC_ONLY
 def test_the_allocator_setting_is_left_alone_for_other_devices():
-    before = _glibc_mmapped_bytes()
     with reuse_freed_cpu_memory("cuda"):
-        block = torch.empty(48 * 2 ** 20 // 4)
-        assert _glibc_mmapped_bytes() - before >= block.numel() * 4
+        assert _fresh_block_is_mmapped()
