@@ -54,7 +54,7 @@ def reuse_freed_cpu_memory(device):
     mmap and unmaps them on free, so every large tensor of every step pays the kernel to zero and map its
     pages again (~2 GB/s). For the `auto` networks at 32 px that was 15-25 % of the CPU time of a training
     step (a 38 MB Winograd weight transform: 18 ms with fresh pages, 3.5 ms with reused ones). The process
-    keeps its peak heap while this is in effect; on leaving, glibc's defaults come back and the unused memory
+    keeps its peak heap while this is in effect; on leaving, glibc's default limits come back and unused memory
     is returned. A no-op on other devices and other C libraries (macOS, musl)."""
     libc = _glibc() if str(device).startswith("cpu") else None
     if libc is None:
