@@ -113,7 +113,8 @@ def write_report(path: Path, results, argv, speed_note=""):
         "- Command: `python bench/bench_train.py " + " ".join(argv) + "`",
         f"- {speed_note}." if speed_note else "",
         "- `train(...)` end to end: data sampling, xray augmentation with ADA, Gmain/Dmain every step, path length "
-        "every 4 and R1 every 16 steps, Adam, G_ema, stats. One tick = 16 steps; the first tick (warm-up) and the last (final snapshot) are dropped.",
+        "every 4 and R1 every 16 steps, Adam, G_ema, stats. One tick = 16 steps; the first tick (warm-up) and "
+        "the last (final snapshot) are dropped.",
         "",
         "| setting | batch | threads | ticks timed | s/kimg (wall) | CPU-s/kimg | load (1 min) | note |",
         "|---|---|---|---|---|---|---|---|",
