@@ -32,7 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-NVLABS_AUTO_32_S_PER_KIMG = 900.0  # NVIDIA's code, auto config, 32 px, batch 4, fp32, 2-core CPU (issue 3)
+from bench_networks import NVLABS_AUTO_32_S_PER_KIMG  # noqa: E402  (NVIDIA's reference, issue 3)
+
 REG_PERIOD_STEPS = 16  # lcm of NVlabs' G_reg_interval 4 and D_reg_interval 16
 
 # name -> (cfg, resolution px, batch or None for the config's, ticks incl. the dropped first one)

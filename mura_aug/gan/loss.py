@@ -51,6 +51,18 @@ def _full_precision(device):
     return torch.autocast(device_type=torch.device(device).type, enabled=False)
 
 
+def _fake_stats(gen_logits, loss_D_fake) -> dict:
+    """What D main logs about the fakes."""
+    return {"loss_D_fake": _scalar(loss_D_fake.mean()), "D_fake_score": _scalar(gen_logits.mean())}
+
+
+def _real_stats(real_logits, loss_D_real) -> dict:
+    """What D main logs about the reals; D_real_sign over D_real_count logits is ADA's statistic."""
+    return {"loss_D_real": _scalar(loss_D_real.mean()), "D_real_score": _scalar(real_logits.mean()),
+            "D_real_sign": float(real_logits.detach().sign().float().mean()),
+            "D_real_count": float(real_logits.numel())}
+
+
 class StyleGAN2Loss:
     """Loss of StyleGAN2-ADA for generator G and discriminator D (NVlabs call interface)."""
 
@@ -144,8 +156,7 @@ class StyleGAN2Loss:
             gen_logits = self.run_D(gen_img, gen_c)
             loss_D_fake = F.softplus(gen_logits)  # -log(1 - sigmoid(D(G(z))))
             backward(loss_D_fake.mean())
-            stats["loss_D_fake"] = _scalar(loss_D_fake.mean())
-            stats["D_fake_score"] = _scalar(gen_logits.mean())
+            stats.update(_fake_stats(gen_logits, loss_D_fake))
 
         if do_Dmain or do_Dr1:
             context = _full_precision(real_img.device) if do_Dr1 else contextlib.nullcontext()
@@ -157,11 +168,8 @@ class StyleGAN2Loss:
                 if do_Dmain:
                     loss_D_real = F.softplus(-real_logits)  # -log(sigmoid(D(x)))
                     total = total + loss_D_real.mean()
-                    stats["loss_D_real"] = _scalar(loss_D_real.mean())
+                    stats.update(_real_stats(real_logits, loss_D_real))
                     stats["loss_D"] = stats["loss_D_fake"] + stats["loss_D_real"]
-                    stats["D_real_score"] = _scalar(real_logits.mean())
-                    stats["D_real_sign"] = float(real_logits.detach().sign().float().mean())
-                    stats["D_real_count"] = float(real_logits.numel())
                 if do_Dr1:
                     r1_penalty = self.r1_penalty(real_logits, real)
                     loss_r1 = r1_penalty * (self.r1_gamma / 2)
@@ -210,10 +218,7 @@ class StyleGAN2Loss:
         loss_D_fake = F.softplus(gen_logits)  # -log(1 - sigmoid(D(G(z))))
         loss_D_real = F.softplus(-real_logits)  # -log(sigmoid(D(x)))
         backward(loss_D_fake.mean() + loss_D_real.mean())
-        stats = {"loss_D_fake": _scalar(loss_D_fake.mean()), "D_fake_score": _scalar(gen_logits.mean()),
-                 "loss_D_real": _scalar(loss_D_real.mean()), "D_real_score": _scalar(real_logits.mean()),
-                 "D_real_sign": float(real_logits.detach().sign().float().mean()),
-                 "D_real_count": float(real_logits.numel())}
+        stats = {**_fake_stats(gen_logits, loss_D_fake), **_real_stats(real_logits, loss_D_real)}
         stats["loss_D"] = stats["loss_D_fake"] + stats["loss_D_real"]
         return stats
 
