@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from mura_aug import classify  # noqa: E402
+from mura_aug.evaluate import stage as classify  # noqa: E402
 
 CONFIGS = [  # (arch, input px, batch size)
     ("tiny", 64, 32),
@@ -67,7 +67,7 @@ def images_per_second(arch: str, size: int, batch: int, train: bool, seconds: fl
 
 def pipeline_images_per_second(size: int, count: int = 40) -> float:
     """Decode + resize + flip/rotate + normalise of generated demo radiographs (what the DataLoader does)."""
-    from mura_aug.demo_data import make_demo_mura
+    from mura_aug.prepare.demo_data import make_demo_mura
 
     with tempfile.TemporaryDirectory() as folder:
         mura = make_demo_mura(folder, patients=10, seed=0)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from mura_aug import synth  # noqa: E402
+from mura_aug.synth import stage as synth  # noqa: E402
 from mura_aug.workspace import Workspace  # noqa: E402
 
 TARGET_IMAGES = 10_000  # the original work's next step

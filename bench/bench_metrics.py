@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mura_aug import metrics as M  # noqa: E402
+from mura_aug.gan import measure  # noqa: E402
 
 
 def timed(function, *args, **kwargs):
@@ -67,9 +68,9 @@ def main() -> None:
     if Generator is not None:
         G = Generator(**make_config("tiny", 32).G_kwargs)
         reals = rng.integers(0, 256, size=(1000, 3, 32, 32), dtype=np.uint8)
-        num_fakes = M.DEFAULT_TRAINING_NUM_FAKES // scale
-        seconds, _ = timed(M.training_metrics, G, reals, num_fakes=num_fakes)
-        generate_seconds, _ = timed(M.generate_fakes, G, num_fakes)
+        num_fakes = measure.DEFAULT_TRAINING_NUM_FAKES // scale
+        seconds, _ = timed(measure.training_metrics, G, reals, num_fakes=num_fakes)
+        generate_seconds, _ = timed(measure.generate_fakes, G, num_fakes)
         rows.append(("training_metrics, cfg tiny 32 px (first call)", f"{num_fakes} fakes vs 1000 reals",
                      f"{seconds:.1f} s", f"of which generating the fakes ~{generate_seconds:.1f} s"))
 

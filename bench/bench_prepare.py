@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mura_aug.demo_data import make_demo_mura  # noqa: E402
-from mura_aug.prepare import prepare  # noqa: E402
+from mura_aug.prepare.demo_data import make_demo_mura  # noqa: E402
+from mura_aug.prepare.stage import prepare  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "prepare.md"
 SHOULDER_TRAIN, SHOULDER_VALID = 8379, 563  # images of XR_SHOULDER in MURA-v1.1

@@ -49,7 +49,7 @@ def build_dataset(workdir: Path, cls: str = "positive", patients: int = 60, reso
     (workspace, image count)."""
     from PIL import Image
 
-    from mura_aug.demo_data import make_demo_mura
+    from mura_aug.prepare.demo_data import make_demo_mura
     from mura_aug.workspace import Workspace, atomic_path
 
     mura = make_demo_mura(workdir / "demo", patients=patients)

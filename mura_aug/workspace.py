@@ -13,11 +13,12 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from mura_aug.errors import UserError
 
@@ -28,6 +29,8 @@ COLAB_DRIVE_MOUNT = "/content/drive"
 COLAB_DRIVE_ROOT = "/content/drive/MyDrive"
 COLAB_LOCAL_CACHE = "/content/mura_aug_cache"  # fast local disk in a Colab VM, lost on disconnect
 DEFAULT_LOCAL_ROOT = "./workspace"
+# Downloads made without a workspace (a measure called on its own): the user's cache, outside any workspace.
+USER_CACHE = Path.home() / ".cache" / "mura_aug"
 
 
 def is_colab() -> bool:
@@ -53,8 +56,148 @@ def body_part_folder(body_part: str) -> str:
     return body_part.upper().removeprefix("XR_")
 
 
+# --- names inside the layout (drive_layout.md) -------------------------------------------------------
+KIMG_FORMAT = "%010.3f"  # the <K> of snapshot and fake names: 12.5 -> 000012.500, so names sort by kimg
+SNAPSHOT_NAME = re.compile(r"^(state|network|fakes)-(\d+\.\d+)kimg\.(pt|png)$")
+TABLE_NAMES = ("train", "valid", "train_positive", "train_negative")  # the tables stage 01 writes
+AUGMENTED_TABLE = "train_augmented"  # the table stage 05 writes
+SKIPPED_TABLE = "skipped_files"
+
+
+def kimg_tag(kimg: float) -> str:
+    """12.5 -> '000012.500' (the <K> of every snapshot and fake file name)."""
+    return KIMG_FORMAT % float(kimg)
+
+
+def run_name(body_part: str, label: str, cfg: str, resolution: int) -> str:
+    """The default name of a GAN run folder: `BODY-<label>-<cfg>-<res>`."""
+    return f"{body_part}-{label}-{cfg}-{int(resolution)}"
+
+
+def parse_run_name(name: str) -> Dict[str, object]:
+    """'XR_SHOULDER-positive-paper256-256' -> {body_part, label, cfg, resolution}; UserError otherwise."""
+    parts = name.split("-")
+    if len(parts) < 4 or not parts[-1].isdigit():
+        raise UserError(f"The run name {name!r} is not of the form BODY-<label>-<cfg>-<resolution>.",
+                        "Pass a run folder name from data/experiments (python -m mura_aug runs lists them).")
+    return {"body_part": "-".join(parts[:-3]), "label": parts[-3], "cfg": parts[-2], "resolution": int(parts[-1])}
+
+
+class RunFolder:
+    """The files of one GAN run folder (`data/experiments/<run>/`, or a run folder elsewhere given by path)."""
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def options(self) -> Path:
+        """training_options.json: the run's settings and history."""
+        return self.path / "training_options.json"
+
+    @property
+    def stats(self) -> Path:
+        """stats.jsonl: one JSON object per tick."""
+        return self.path / "stats.jsonl"
+
+    @property
+    def reals(self) -> Path:
+        return self.path / "reals.png"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / "run.lock"
+
+    def state(self, kimg: float) -> Path:
+        return self.path / f"state-{kimg_tag(kimg)}kimg.pt"
+
+    def network(self, kimg: float) -> Path:
+        return self.path / f"network-{kimg_tag(kimg)}kimg.pt"
+
+    def fakes(self, kimg: float) -> Path:
+        return self.path / f"fakes-{kimg_tag(kimg)}kimg.png"
+
+    def network_files(self) -> List[Path]:
+        """The run's inference files, oldest first (their names sort by kimg)."""
+        return sorted(self.path.glob("network-*kimg.pt"))
+
+    def state_files(self) -> List[Path]:
+        return sorted(self.path.glob("state-*kimg.pt"))
+
+    def fakes_grids(self) -> List[Path]:
+        """Fakes grids, ours (`fakes-<K>kimg.png`) and NVIDIA's (`fakes<K>.png`), sorted by name."""
+        return sorted(self.path.glob("fakes*.png"))
+
+
+class EvaluationFolder:
+    """One stage-06 experiment: `results/evaluation/<BODY>/<arch>-<size>px-<imagenet|scratch>/`."""
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def runs_table(self) -> Path:
+        return self.path / "runs.csv"
+
+    @property
+    def comparison(self) -> Path:
+        return self.path / "comparison.csv"
+
+    @property
+    def runs(self) -> Path:
+        return self.path / "runs"
+
+    def run(self, name: str) -> "EvaluationRun":
+        return EvaluationRun(self.runs / name)
+
+
+class EvaluationRun:
+    """One classifier training run of stage 06 (`runs/<baseline-seed<k> | augmented-x<ratio>-seed<k>>/`)."""
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / "predictions.csv"
+
+    @property
+    def result(self) -> Path:
+        """Written last: the run is finished."""
+        return self.path / "result.json"
+
+
 class Workspace:
-    """Paths of the workspace layout. Creating a Workspace creates no folders; `ensure()` does."""
+    """Every path of the workspace layout (drive_layout.md): no other module joins layout names.
+
+    Creating a Workspace creates no folders; `ensure()` does."""
 
     def __init__(self, root: PathLike):
         self.root = Path(root).expanduser().resolve()
@@ -65,7 +208,15 @@ class Workspace:
     def __fspath__(self) -> str:
         return str(self.root)
 
-    # --- the layout -------------------------------------------------------------------------------
+    def relative(self, path: PathLike) -> str:
+        """The workspace-relative POSIX name of a path inside the workspace (as the tables store it)."""
+        return Path(path).resolve().relative_to(self.root).as_posix()
+
+    def absolute(self, relative: str) -> Path:
+        """The path of a workspace-relative name from a table."""
+        return self.root / relative
+
+    # --- data/ --------------------------------------------------------------------------------------
     @property
     def data(self) -> Path:
         return self.root / "data"
@@ -79,42 +230,157 @@ class Workspace:
         _check_class(cls)
         return self.images / cls
 
-    @property
-    def datasets(self) -> Path:
-        """GAN-ready datasets (one per body part, class and resolution)."""
-        return self.data / "datasets"
+    def copy_name(self, body_part: str, cls: str, split: str, patient: str, study: str, view: str) -> str:
+        """Workspace-relative name of the copy of one MURA image."""
+        return self.relative(self.images_dir(cls) / f"{body_part}_{split}_{patient}_{study}_{view}.png")
 
-    @property
-    def experiments(self) -> Path:
-        """GAN training runs, one folder per run."""
-        return self.data / "experiments"
+    def prepare_state(self, body_part: str) -> Path:
+        """What stage 01 knows about its copies (sizes, mtimes, skipped sources); hidden next to the images."""
+        return self.images / f".{body_part}_prepare_state.json"
 
     @property
     def tables(self) -> Path:
         """Training / validation tables as CSV."""
         return self.data / "tables"
 
-    def augmented_dir(self, cls: str, body_part: str = "XR_SHOULDER") -> Path:
-        """data/Augmented_Fakes/{positive,negative}/<BODY_PART>/, as in the original work."""
-        _check_class(cls)
-        return self.data / "Augmented_Fakes" / cls / body_part_folder(body_part)
+    def table(self, body_part: str, name: str) -> Path:
+        """data/tables/<BODY>_<name>.csv (name: train, valid, train_positive, train_negative, skipped_files,
+        train_augmented)."""
+        return self.tables / f"{body_part}_{name}.csv"
 
+    def prepare_summary(self, body_part: str) -> Path:
+        return self.tables / f"{body_part}_prepare_summary.json"
+
+    @property
+    def datasets(self) -> Path:
+        """GAN-ready datasets (one per body part, class and resolution)."""
+        return self.data / "datasets"
+
+    def dataset_zip(self, body_part: str, cls: str, resolution: int) -> Path:
+        """data/datasets/<BODY>_<class>_<res>.zip: the GAN dataset of one class at `resolution` px."""
+        return self.datasets / f"{body_part}_{cls}_{int(resolution)}.zip"
+
+    def dataset_info(self, body_part: str, cls: str, resolution: int) -> Path:
+        """The JSON beside a dataset zip: its parameters, inputs and the copy behind each member."""
+        return self.dataset_zip(body_part, cls, resolution).with_suffix(".json")
+
+    def dataset_resolutions(self, body_part: str, cls: str) -> List[int]:
+        """Resolutions (px) of the datasets stage 01 built for this body part and class, ascending."""
+        pattern = re.compile(rf"^{re.escape(body_part)}_{re.escape(cls)}_(\d+)\.zip$")
+        if not self.datasets.is_dir():
+            return []
+        return sorted(int(m.group(1)) for m in map(pattern.match, (p.name for p in self.datasets.iterdir())) if m)
+
+    @property
+    def experiments(self) -> Path:
+        """GAN training runs, one folder per run."""
+        return self.data / "experiments"
+
+    def run(self, name: str) -> RunFolder:
+        """The folder of the GAN run `name` under data/experiments."""
+        return RunFolder(self.experiments / name)
+
+    def runs(self) -> List[RunFolder]:
+        """Every folder under data/experiments, by name."""
+        if not self.experiments.is_dir():
+            return []
+        return [RunFolder(p) for p in sorted(self.experiments.iterdir()) if p.is_dir()]
+
+    @property
+    def augmented(self) -> Path:
+        """data/Augmented_Fakes/: stage 05's images, manifest and summaries."""
+        return self.data / "Augmented_Fakes"
+
+    def augmented_dir(self, cls: str, body_part: str = "XR_SHOULDER") -> Path:
+        """data/Augmented_Fakes/{positive,negative}/<BODY_PART without XR_>/, as in the original work."""
+        _check_class(cls)
+        return self.augmented / cls / body_part_folder(body_part)
+
+    def fake_path(self, cls: str, body_part: str, run: str, kimg: float, seed: int) -> Path:
+        """A generated fake: <run>_kimg<K>_seed<seed:06d>.png."""
+        return self.augmented_dir(cls, body_part) / f"{run}_kimg{kimg_tag(kimg)}_seed{int(seed):06d}.png"
+
+    def tile_path(self, cls: str, body_part: str, run: str, kimg: float, tile: int) -> Path:
+        """A tile cut from a fakes grid: <run>_kimg<K>_tile<index:06d>.png."""
+        return self.augmented_dir(cls, body_part) / f"{run}_kimg{kimg_tag(kimg)}_tile{int(tile):06d}.png"
+
+    @property
+    def manifest(self) -> Path:
+        """data/Augmented_Fakes/manifest.csv: every fake stage 05 made, with its settings and filter verdict."""
+        return self.augmented / "manifest.csv"
+
+    def synth_summary(self, body_part: str) -> Path:
+        return self.augmented / f"{body_part}_synth_summary.json"
+
+    def augmented_table(self, body_part: str) -> Path:
+        """data/tables/<BODY>_train_augmented.csv: the real train table plus every kept fake."""
+        return self.table(body_part, AUGMENTED_TABLE)
+
+    # --- results/ -----------------------------------------------------------------------------------
     @property
     def results(self) -> Path:
         """Stage outputs meant for people: evaluation results, metrics, executed notebooks."""
         return self.root / "results"
 
+    def evaluation_dir(self, body_part: str) -> Path:
+        """results/evaluation/<BODY>/ (holds a copy of the latest experiment's summary)."""
+        return self.results / "evaluation" / body_part
+
+    def evaluation(self, body_part: str, experiment: str) -> EvaluationFolder:
+        return EvaluationFolder(self.evaluation_dir(body_part) / experiment)
+
+    def metrics_dir(self, run: str) -> Path:
+        """results/metrics/<run>/: the measured snapshots of one run."""
+        return self.results / "metrics" / run
+
+    def metrics_result(self, run: str, snapshot: PathLike) -> Path:
+        """results/metrics/<run>/<snapshot file name without suffix>.json (the CSV and figure beside it share
+        its stem)."""
+        return self.metrics_dir(run) / f"{Path(snapshot).stem}.json"
+
+    @property
+    def executed_notebooks(self) -> Path:
+        """results/notebooks/: notebooks executed by `python -m mura_aug notebooks` / `demo`."""
+        return self.results / "notebooks"
+
+    # --- caches and downloads -------------------------------------------------------------------------
     @property
     def cache(self) -> Path:
-        """Fast local cache (training arrays, downloaded weights). In Colab on the VM's disk, not Drive."""
+        """Fast local cache (training arrays). In Colab on the VM's disk, not Drive."""
         if is_colab() and str(self.root).startswith(COLAB_DRIVE_MOUNT):
             return Path(COLAB_LOCAL_CACHE)
         return self.root / ".cache"
 
     @property
+    def training_arrays(self) -> Path:
+        return self.cache / "training_arrays"
+
+    def training_array(self, body_part: str, label: str, resolution: int, key: str) -> Tuple[Path, Path]:
+        """(images .npy, labels .npy) of one decoded training set; `key` fingerprints its sources."""
+        stem = f"{body_part}_{label}_{int(resolution)}_{key}"
+        return self.training_arrays / f"{stem}.images.npy", self.training_arrays / f"{stem}.labels.npy"
+
+    def stale_training_arrays(self, body_part: str, label: str, resolution: int) -> List[Path]:
+        """Every cached array of this body part, label and resolution (older versions included)."""
+        if not self.training_arrays.is_dir():
+            return []
+        return sorted(self.training_arrays.glob(f"{body_part}_{label}_{int(resolution)}_*.npy"))
+
+    @property
     def weights_cache(self) -> Path:
         """Downloaded pretrained weights (Inception, NVlabs pickles): kept in the workspace so they survive."""
         return self.root / "weights"
+
+    # --- the demo -------------------------------------------------------------------------------------
+    @property
+    def demo_source(self) -> Path:
+        """<workspace>/demo: the generated MURA-shaped tree stage 01 reads when no MURA path is given."""
+        return self.root / "demo"
+
+    @property
+    def demo_marker(self) -> Path:
+        """Marks a workspace the demo made (the demo refuses any other folder that holds files)."""
+        return self.root / ".mura_aug_demo_workspace.json"
 
     def ensure(self) -> "Workspace":
         """Create the standard folders (idempotent)."""

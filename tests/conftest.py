@@ -20,7 +20,7 @@ TEST_RESOLUTION = 32  # px, GAN datasets in tests
 @pytest.fixture(scope="session")
 def demo_mura(tmp_path_factory) -> Path:
     """A read-only MURA-v1.1-shaped folder of generated radiographs (XR_SHOULDER)."""
-    from mura_aug.demo_data import make_demo_mura
+    from mura_aug.prepare.demo_data import make_demo_mura
 
     root = make_demo_mura(tmp_path_factory.mktemp("demo_mura"), patients=DEMO_PATIENTS, seed=0)
     return Path(root)
@@ -29,7 +29,7 @@ def demo_mura(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_workspace(demo_mura, tmp_path_factory):
     """A workspace after stage 01 on the demo tree, GAN datasets at TEST_RESOLUTION px."""
-    from mura_aug.prepare import prepare
+    from mura_aug.prepare.stage import prepare
     from mura_aug.workspace import Workspace
 
     workspace = Workspace(tmp_path_factory.mktemp("prepared") / "workspace")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mura_aug import classify
+from mura_aug.evaluate import stage as classify
 from mura_aug.errors import UserError
 from mura_aug.workspace import Workspace
 

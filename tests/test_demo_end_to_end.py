@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mura_aug import series
+from mura_aug.notebooks import series
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from mura_aug import eval_metrics as em
+from mura_aug.evaluate import study_metrics as em
 from mura_aug.errors import UserError
 
 # Six cases worked by hand at threshold 0.5: predictions 1 0 0 1 1 0.

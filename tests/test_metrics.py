@@ -21,6 +21,8 @@ from scipy.spatial.distance import cdist
 
 from mura_aug import cli
 from mura_aug import metrics as M
+from mura_aug.metrics import measures
+from mura_aug.gan import measure
 from mura_aug.errors import UserError
 from mura_aug.workspace import Workspace
 
@@ -154,7 +156,7 @@ def test_kid_with_precomputed_kernels_equals_kid_per_subset(monkeypatch):
     rng = np.random.default_rng(8)
     a, b = rng.standard_normal((50, 6)), rng.standard_normal((40, 6)) + 0.2
     fast = M.kid_from_features(a, b, num_subsets=7, subset_size=30, seed=3)
-    monkeypatch.setattr(M, "KID_PRECOMPUTE_MAX", 0)
+    monkeypatch.setattr(measures, "KID_PRECOMPUTE_MAX", 0)
     assert M.kid_from_features(a, b, num_subsets=7, subset_size=30, seed=3) == pytest.approx(fast, rel=1e-10)
 
 
@@ -335,15 +337,15 @@ def test_inception_extractor_uses_a_local_torchscript_file(tmp_path, monkeypatch
 
 def test_generate_fakes_gives_image_i_from_seed_plus_i():
     G = TinyGenerator()
-    batch = M.generate_fakes(G, 5, seed=10, batch_size=2)
+    batch = measure.generate_fakes(G, 5, seed=10, batch_size=2)
     assert batch.shape == (5, 3, RES, RES) and batch.dtype == np.uint8
-    assert np.array_equal(M.generate_fakes(G, 1, seed=13)[0], batch[3])
+    assert np.array_equal(measure.generate_fakes(G, 1, seed=13)[0], batch[3])
 
 
 def test_training_metrics_returns_flat_floats_and_sees_collapse():
     G = TinyGenerator().train()
-    reals = M.generate_fakes(G, 60, seed=1000)  # "reals" from the same distribution as a healthy G's fakes
-    result = M.training_metrics(G, reals, num_fakes=40, device="cpu")
+    reals = measure.generate_fakes(G, 60, seed=1000)  # "reals" from the same distribution as a healthy G's fakes
+    result = measure.training_metrics(G, reals, num_fakes=40, device="cpu")
     expected = {"fid_offline", "kid_offline", "precision_offline", "recall_offline", "diversity_ratio",
                 "collapse_alarm", "num_fakes", "num_reals"}
     assert expected <= set(result) and all(type(v) is float for v in result.values())
@@ -356,16 +358,16 @@ def test_training_metrics_returns_flat_floats_and_sees_collapse():
             return super().__call__(images)
 
     counting = CountingExtractor()
-    first = M.training_metrics(G, reals, num_fakes=40, extractor=counting)
-    again = M.training_metrics(G, reals.view(), num_fakes=40, extractor=counting)  # same memory, new object
+    first = measure.training_metrics(G, reals, num_fakes=40, extractor=counting)
+    again = measure.training_metrics(G, reals.view(), num_fakes=40, extractor=counting)  # same memory, new object
     assert calls == [60, 40, 40] and first["fid_offline"] == again["fid_offline"]  # real features reused
-    M.clear_training_metrics_cache()
-    M.training_metrics(G, reals, num_fakes=40, extractor=counting)
+    measure.clear_training_metrics_cache()
+    measure.training_metrics(G, reals, num_fakes=40, extractor=counting)
     assert calls[3:] == [60, 40]
     assert result["num_fakes"] == 40.0 and result["collapse_alarm"] == 0.0
-    collapsed = M.training_metrics(TinyGenerator(collapse=True), reals, num_fakes=40, device="cpu")
+    collapsed = measure.training_metrics(TinyGenerator(collapse=True), reals, num_fakes=40, device="cpu")
     assert collapsed["collapse_alarm"] == 1.0 and collapsed["diversity_ratio"] < 0.05
-    conditional = M.training_metrics(TinyGenerator(c_dim=2), reals, num_fakes=20, device="cpu",
+    conditional = measure.training_metrics(TinyGenerator(c_dim=2), reals, num_fakes=20, device="cpu",
                                      real_labels=np.ones(60, dtype=np.int64))
     assert np.isfinite(conditional["fid_offline"])
 
@@ -430,7 +432,7 @@ def test_metrics_command_writes_results_and_reuses_them(metrics_workspace, capsy
     assert cli.main(args[:-1] + ["--snapshot", "network-000000.500kimg.pt", "--no-progress"]) == 0
     assert (workspace.results / "metrics" / run / "network-000000.500kimg.json").is_file()
 
-    from mura_aug.plots_metrics import plot_snapshot_metrics
+    from mura_aug.gan.plots import plot_snapshot_metrics
 
     figure = plot_snapshot_metrics(workspace, run)
     assert len(figure.axes[0].lines) == 1 and len(figure.axes[0].lines[0].get_xdata()) == 2
@@ -444,13 +446,13 @@ def test_metrics_command_measures_both_classes_of_a_conditional_run(metrics_work
     run = f"XR_SHOULDER-both-tiny-{RES}"
     save_network_file(workspace.experiments / run / "network-000002.000kimg.pt", TinyGenerator(c_dim=2), kimg=2.0,
                       run=run, label="both")
-    result = M.measure_snapshot(workspace, run, num_fakes=16, progress=False)
+    result = measure.measure_snapshot(workspace, run, num_fakes=16, progress=False)
     assert set(result["metrics"]) == {"positive", "negative"}
     assert result["metrics"]["negative"]["num_reals"] == 30 and result["metrics"]["positive"]["num_reals"] == 40
     # A conditional G's fakes follow the one-hot label (column 1 = positive), so the classes' fakes differ.
     conditional = TinyGenerator(c_dim=2)
-    assert not np.array_equal(M.generate_fakes(conditional, 4, class_index=1),
-                              M.generate_fakes(conditional, 4, class_index=0))
+    assert not np.array_equal(measure.generate_fakes(conditional, 4, classes=1),
+                              measure.generate_fakes(conditional, 4, classes=0))
 
 
 def test_metrics_command_errors_name_the_fix(metrics_workspace, capsys):
@@ -472,7 +474,7 @@ def test_metrics_command_errors_name_the_fix(metrics_workspace, capsys):
 # --------------------------------------------------------------------------------------------------------
 
 def test_training_metric_plot_reads_measured_ticks_from_stats_jsonl(tmp_path):
-    from mura_aug.plots_metrics import plot_closest_pairs, plot_training_metrics, read_metric_history
+    from mura_aug.gan.plots import plot_closest_pairs, plot_training_metrics, read_metric_history
 
     lines = [{"kimg": 1.0, "loss_G": 1.2}, {"kimg": 2.0, "fid_offline": 30.0, "kid_offline": 0.02,
                                               "diversity_ratio": 0.9, "collapse_alarm": 0.0},

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mura_aug.demo_data import make_demo_mura
+from mura_aug.prepare.demo_data import make_demo_mura
 from mura_aug.errors import UserError
-from mura_aug.mura import (BODY_PARTS, DEFAULT_BODY_PART, SPLITS, MuraSource, MuraWarning, describe_layout,
+from mura_aug.prepare.mura import (BODY_PARTS, DEFAULT_BODY_PART, SPLITS, MuraSource, MuraWarning, describe_layout,
                            index_mura, open_mura)
 
 PATIENTS = 8  # per body part: about 40 images, generated in about a second

@@ -7,10 +7,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mura_aug import nbtools
-from mura_aug.prepare import dataset_path, load_table
+from mura_aug.notebooks import nbtools
+from mura_aug.prepare.stage import load_table
+from mura_aug.workspace import Workspace
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_prepare.ipynb"
+NOTEBOOK = nbtools.NOTEBOOKS_DIR / "01_prepare.ipynb"
 PARAMETER_NAMES = ("WORKSPACE", "MURA_PATH", "BODY_PART", "RESOLUTION", "FIT", "CROP_BORDERS", "CONTRAST",
                    "WORKERS", "DEMO_PATIENTS")
 
@@ -38,7 +39,7 @@ def test_papermill_runs_notebook_01_on_demo_data(as_zip, tmp_path, monkeypatch):
     workspace = tmp_path / "ws"
     mura_path = ""
     if as_zip:
-        from mura_aug.demo_data import make_demo_mura
+        from mura_aug.prepare.demo_data import make_demo_mura
 
         mura_path = str(make_demo_mura(tmp_path / "download", patients=8, seed=1, as_zip=True))
     output = tmp_path / "01_executed.ipynb"
@@ -53,6 +54,6 @@ def test_papermill_runs_notebook_01_on_demo_data(as_zip, tmp_path, monkeypatch):
     assert summary["parameters"]["resolution"] == 16 and summary["parameters"]["crop_borders"] == as_zip
     assert summary["parameters"]["workers"] == (2 if as_zip else 1)
     for cls in ("positive", "negative"):
-        assert dataset_path(workspace, "XR_SHOULDER", cls, 16).is_file()
+        assert Workspace(workspace).dataset_zip("XR_SHOULDER", cls, 16).is_file()
     assert len(load_table(workspace, "XR_SHOULDER", "train")) == summary["images"]["train"]["total"] > 0
     assert count_images(output) == 3  # class counts, and one example grid per class

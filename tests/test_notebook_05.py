@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -10,9 +9,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from mura_aug import nbtools, synth
+from mura_aug.notebooks import nbtools
+from mura_aug.synth import stage as synth
+from mura_aug.workspace import kimg_tag
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_crop_sharpen.ipynb"
+NOTEBOOK = nbtools.NOTEBOOKS_DIR / "05_crop_sharpen.ipynb"
 TINY_G = dict(z_dim=32, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs=dict(num_layers=2),
               synthesis_kwargs=dict(channel_base=256, channel_max=32))
 TINY_D = dict(c_dim=0, img_resolution=32, img_channels=3, channel_base=256, channel_max=32)
@@ -27,12 +28,12 @@ def add_tiny_run_with_state(workspace, label, torch_seed, kimg=2.0):
     run_dir = workspace.experiments / run
     torch.manual_seed(torch_seed)
     G, D = Generator(c_dim=0, **TINY_G).eval(), Discriminator(**TINY_D).eval()
-    save_network_file(run_dir / f"network-{synth.kimg_text(kimg)}kimg.pt", G, kimg=kimg, run=run, label=label)
+    save_network_file(run_dir / f"network-{kimg_tag(kimg)}kimg.pt", G, kimg=kimg, run=run, label=label)
     torch.save({"G_kwargs": G.init_kwargs, "G_ema": G.state_dict(), "D_kwargs": D.init_kwargs,
-                "D": D.state_dict()}, run_dir / f"state-{synth.kimg_text(kimg)}kimg.pt")
+                "D": D.state_dict()}, run_dir / f"state-{kimg_tag(kimg)}kimg.pt")
     fakes = dict(synth.generate_images(G, range(8), device="cpu", progress=False))
     grid = np.concatenate([np.concatenate([fakes[r * 4 + c] for c in range(4)], axis=1) for r in range(2)])
-    Image.fromarray(grid).save(run_dir / f"fakes-{synth.kimg_text(kimg)}kimg.png")
+    Image.fromarray(grid).save(run_dir / f"fakes-{kimg_tag(kimg)}kimg.png")
 
 
 def test_notebook_is_stored_clean_with_one_parameters_cell():
@@ -62,13 +63,13 @@ def test_papermill_runs_notebook_05(prepared_workspace, copy_workspace, tmp_path
                   DEVICE="cpu", CUT_GRIDS=True, DEDUPE_THRESHOLD=0.01, DROP_FRACTION=0.2)
     nbtools.execute_notebook(NOTEBOOK, output, parameters=params, cwd=tmp_path, timeout_s=300)
 
-    manifest = pd.read_csv(synth.manifest_path(workspace))
+    manifest = pd.read_csv(workspace.manifest)
     generated = manifest[manifest["source_grid"].isna()]
     assert sorted(generated["seed"].astype(int).unique()) == [3, 4, 5, 6, 7]
     assert len(manifest) == 2 * 5 + 2 * 8  # 5 generated + 8 tiles cut from each class's grid
     dropped = manifest[manifest["dropped"]]
     assert len(dropped) >= 2 and dropped["drop_reason"].str.contains("least realistic").sum() >= 2
-    table = pd.read_csv(synth.augmented_table_path(workspace, "XR_SHOULDER"))
+    table = pd.read_csv(workspace.augmented_table("XR_SHOULDER"))
     assert (table["source"] == "synthetic").sum() == len(manifest) - len(dropped)
     executed = nbformat.read(str(output), as_version=4)
     images = sum(1 for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from mura_aug import nbtools, series
+from mura_aug.notebooks import nbtools, series
 
 GOOD_PARAMETERS = ('WORKSPACE = None  # workspace folder (None: Drive in Colab, ./workspace elsewhere)\n'
                    '# MURA body part\n'

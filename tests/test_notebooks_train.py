@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mura_aug.gan import snapshot as snap
-from mura_aug.nbtools import NOTEBOOKS_DIR, execute_notebook, notebook_has_outputs
+from mura_aug.notebooks.nbtools import NOTEBOOKS_DIR, execute_notebook, notebook_has_outputs
 from mura_aug.workspace import Workspace
 
 NOTEBOOKS = ("02_train_positive", "03_train_negative", "04_resume")

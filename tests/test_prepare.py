@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mura_aug import cli, prepare as prepare_module
+from mura_aug import cli
+from mura_aug.prepare import stage as prepare_module
 from mura_aug.errors import UserError
-from mura_aug.prepare import dataset_path, load_table, prepare, table_path
+from mura_aug.prepare.stage import load_table, prepare
 from mura_aug.workspace import Workspace
 
 BODY = "XR_SHOULDER"
@@ -87,7 +88,7 @@ def test_copies_of_plain_pngs_are_byte_copies(prepared_workspace, demo_mura):
 
 def test_dataset_zips_hold_the_train_images_of_their_class(prepared_workspace):
     for cls in ("positive", "negative"):
-        path = dataset_path(prepared_workspace, BODY, cls, RES)
+        path = Workspace(prepared_workspace).dataset_zip(BODY, cls, RES)
         assert path == prepared_workspace.datasets / f"{BODY}_{cls}_{RES}.zip"
         train = load_table(prepared_workspace, BODY, f"train_{cls}")
         with zipfile.ZipFile(path) as archive:
@@ -99,18 +100,18 @@ def test_dataset_zips_hold_the_train_images_of_their_class(prepared_workspace):
             for name in pngs[:: max(1, len(pngs) // 6)]:
                 with Image.open(io.BytesIO(archive.read(name))) as image:
                     assert image.mode == "RGB" and image.size == (RES, RES)
-        info = json.loads(prepare_module.dataset_info_path(prepared_workspace, BODY, cls, RES).read_text())
+        info = json.loads(Workspace(prepared_workspace).dataset_info(BODY, cls, RES).read_text())
         assert info["members"] == sorted(train["path"])  # member i came from this copy
 
 
 def test_summary_and_skipped_table(prepared_workspace):
-    summary = json.loads(prepare_module.summary_path(prepared_workspace, BODY).read_text())
+    summary = json.loads(Workspace(prepared_workspace).prepare_summary(BODY).read_text())
     train = load_table(prepared_workspace, BODY, "train")
     assert summary["images"]["train"]["total"] == len(train)
     assert summary["images"]["train"]["positive"] == int((train["class"] == "positive").sum())
     assert summary["parameters"]["resolution"] == RES and summary["parameters"]["fit"] == "pad"
     assert summary["skipped"] == 0 and {"index", "copy_and_datasets", "total"} <= set(summary["seconds"])
-    skipped = pd.read_csv(table_path(prepared_workspace, BODY, "skipped_files"))
+    skipped = pd.read_csv(Workspace(prepared_workspace).table(BODY, "skipped_files"))
     assert list(skipped.columns) == ["path", "reason"] and skipped.empty
 
 
@@ -119,14 +120,14 @@ def test_summary_and_skipped_table(prepared_workspace):
 def test_rerun_with_same_parameters_does_no_work(prepared_workspace, demo_mura, copy_workspace, monkeypatch):
     ws = copy_workspace(prepared_workspace)
     before = {**file_stamps(ws.root, "data/images"), **file_stamps(ws.root, "data/datasets")}
-    tables_before = {name: table_path(ws, BODY, name).stat().st_mtime_ns for name in ("train", "valid")}
+    tables_before = {name: Workspace(ws).table(BODY, name).stat().st_mtime_ns for name in ("train", "valid")}
     counter = TaskCounter(monkeypatch)
     clock = time.perf_counter()
     summary = prepare(demo_mura, ws, resolution=RES, workers=1, progress=False)
     seconds = time.perf_counter() - clock
     assert counter.tasks == []
     assert {**file_stamps(ws.root, "data/images"), **file_stamps(ws.root, "data/datasets")} == before
-    assert {name: table_path(ws, BODY, name).stat().st_mtime_ns for name in ("train", "valid")} == tables_before
+    assert {name: Workspace(ws).table(BODY, name).stat().st_mtime_ns for name in ("train", "valid")} == tables_before
     assert summary["copies"]["copied"] == 0 and not any(d["rebuilt"] for d in summary["datasets"].values())
     assert seconds < 2.0
 
@@ -134,7 +135,7 @@ def test_rerun_with_same_parameters_does_no_work(prepared_workspace, demo_mura, 
 def test_changed_resolution_rebuilds_only_the_datasets(prepared_workspace, demo_mura, copy_workspace, monkeypatch):
     ws = copy_workspace(prepared_workspace)
     images_before = file_stamps(ws.root, "data/images")
-    old_zip = dataset_path(ws, BODY, "positive", RES)
+    old_zip = Workspace(ws).dataset_zip(BODY, "positive", RES)
     old_zip_stamp = old_zip.stat().st_mtime_ns
     counter = TaskCounter(monkeypatch)
     summary = prepare(demo_mura, ws, resolution=16, fit="crop", crop_borders=True, contrast=True, workers=1,
@@ -142,7 +143,7 @@ def test_changed_resolution_rebuilds_only_the_datasets(prepared_workspace, demo_
     assert counter.tasks and counter.copies == []  # every task renders a dataset member from an existing copy
     assert file_stamps(ws.root, "data/images") == images_before
     assert old_zip.stat().st_mtime_ns == old_zip_stamp  # the 32 px dataset stays usable
-    with zipfile.ZipFile(dataset_path(ws, BODY, "negative", 16)) as archive:
+    with zipfile.ZipFile(Workspace(ws).dataset_zip(BODY, "negative", 16)) as archive:
         member = next(n for n in archive.namelist() if n.endswith(".png"))
         assert Image.open(io.BytesIO(archive.read(member))).size == (16, 16)
     assert summary["datasets"]["negative"]["why"] == "not built yet"
@@ -169,9 +170,9 @@ def test_two_workers_give_the_same_result_as_one(demo_mura, prepared_workspace, 
     ws = Workspace(tmp_path / "ws")
     prepare(demo_mura, ws, resolution=RES, workers=2, progress=False)
     for cls in ("positive", "negative"):
-        one = dataset_path(prepared_workspace, BODY, cls, RES).read_bytes()
-        assert dataset_path(ws, BODY, cls, RES).read_bytes() == one  # same members, same order, same bytes
-    assert table_path(ws, BODY, "train").read_text() == table_path(prepared_workspace, BODY, "train").read_text()
+        one = Workspace(prepared_workspace).dataset_zip(BODY, cls, RES).read_bytes()
+        assert Workspace(ws).dataset_zip(BODY, cls, RES).read_bytes() == one  # same members, same order, same bytes
+    assert Workspace(ws).table(BODY, "train").read_text() == Workspace(prepared_workspace).table(BODY, "train").read_text()
 
 
 # --- odd and broken input -------------------------------------------------------------------------
@@ -246,8 +247,8 @@ def test_bad_files_are_skipped_with_reasons_and_odd_ones_converted(demo_mura, tm
     assert f"{junk}/image99.png" in reasons
     assert summary["copies"]["converted"] == 5
     assert summary["skipped"] == len(skipped)
-    with zipfile.ZipFile(dataset_path(ws, BODY, "positive", 16)) as a, \
-            zipfile.ZipFile(dataset_path(ws, BODY, "negative", 16)) as b:
+    with zipfile.ZipFile(Workspace(ws).dataset_zip(BODY, "positive", 16)) as a, \
+            zipfile.ZipFile(Workspace(ws).dataset_zip(BODY, "negative", 16)) as b:
         members = sum(n.endswith(".png") for n in a.namelist() + b.namelist())
     assert members == len(train)
 
@@ -274,7 +275,7 @@ def test_source_is_only_read(demo_mura, tmp_path):
 
 
 def test_zip_source_gives_the_same_tables_as_the_folder(tmp_path):
-    from mura_aug.demo_data import make_demo_mura
+    from mura_aug.prepare.demo_data import make_demo_mura
 
     folder = make_demo_mura(tmp_path / "f", patients=6, seed=3)
     zipped = make_demo_mura(tmp_path / "z", patients=6, seed=3, as_zip=True)
@@ -283,8 +284,8 @@ def test_zip_source_gives_the_same_tables_as_the_folder(tmp_path):
     summary = prepare(zipped, b, resolution=16, workers=1, progress=False)
     assert summary["source_kind"] == "zip"
     for name in ("train", "valid"):
-        assert table_path(a, BODY, name).read_text() == table_path(b, BODY, name).read_text()
-    assert dataset_path(a, BODY, "positive", 16).read_bytes() == dataset_path(b, BODY, "positive", 16).read_bytes()
+        assert Workspace(a).table(BODY, name).read_text() == Workspace(b).table(BODY, name).read_text()
+    assert Workspace(a).dataset_zip(BODY, "positive", 16).read_bytes() == Workspace(b).dataset_zip(BODY, "positive", 16).read_bytes()
 
 
 def test_a_class_without_usable_train_images_is_a_user_error(demo_mura, tmp_path):

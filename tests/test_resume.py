@@ -16,7 +16,7 @@ import torch
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot as snap
 from mura_aug.gan.training_loop import train, without_timings
-from mura_aug.workspace import Workspace
+from mura_aug.workspace import RunFolder, Workspace
 
 from gan_datasets import make_dataset  # noqa: E402  (tests/ is on sys.path)
 
@@ -64,7 +64,7 @@ def test_n_ticks_equal_half_plus_resume_plus_half_bitwise(half_run, tmp_path):
 
 def test_truncated_newest_state_is_skipped_on_resume(half_run, tmp_path):
     workspace, run_dir = copy_run(half_run, tmp_path / "ws")
-    newest = snap.state_path(run_dir, 2 * TICK_KIMG)
+    newest = RunFolder(run_dir).state(2 * TICK_KIMG)
     newest.write_bytes(newest.read_bytes()[:1000])
     messages = []
     with pytest.warns(RuntimeWarning, match=newest.name):
@@ -73,12 +73,12 @@ def test_truncated_newest_state_is_skipped_on_resume(half_run, tmp_path):
     assert any("resuming" in m and "000000.008" in m for m in messages)
     stats = snap.read_stats(run_dir)
     assert [line["tick"] for line in stats] == [1, 2, 3]
-    assert snap.load_state(snap.state_path(run_dir, 3 * TICK_KIMG))["progress"]["cur_tick"] == 3
+    assert snap.load_state(RunFolder(run_dir).state(3 * TICK_KIMG))["progress"]["cur_tick"] == 3
 
 
 def test_full_disk_keeps_previous_state_and_says_so(half_run, tmp_path, monkeypatch):
     workspace, run_dir = copy_run(half_run, tmp_path / "ws")
-    previous = snap.state_path(run_dir, 2 * TICK_KIMG)
+    previous = RunFolder(run_dir).state(2 * TICK_KIMG)
     previous_bytes = previous.read_bytes()
     real_save = torch.save
 
@@ -95,7 +95,7 @@ def test_full_disk_keeps_previous_state_and_says_so(half_run, tmp_path, monkeypa
     assert "full" in message and "0.024 kimg" in message and previous.name in message
     monkeypatch.setattr(torch, "save", real_save)
     assert previous.read_bytes() == previous_bytes
-    assert not snap.state_path(run_dir, 3 * TICK_KIMG).exists()
+    assert not RunFolder(run_dir).state(3 * TICK_KIMG).exists()
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
     assert snap.find_resumable(run_dir).kimg == pytest.approx(2 * TICK_KIMG)
 

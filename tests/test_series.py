@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mura_aug import cli, nbtools, series
+from mura_aug import cli
+from mura_aug.notebooks import nbtools, series
+from mura_aug.workspace import Workspace
 from mura_aug.errors import UserError
 
 # Every test notebook records the parameters it ran with into <WORKSPACE>/ran_<name>.json.
@@ -299,7 +301,7 @@ def test_demo_runs_its_notebooks_in_its_own_workspace_and_ends_with_the_comparis
                        "--no-progress"])
     out = capsys.readouterr().out
     assert status == 0, out
-    assert (workspace / series.DEMO_MARKER).is_file()
+    assert Workspace(workspace).demo_marker.is_file()
     prepared = json.loads((workspace / "ran_01_prepare.json").read_text())
     assert prepared["MURA_PATH"] == "" and prepared["RESOLUTION"] == demo_settings["01"]["RESOLUTION"]
     assert json.loads((workspace / "ran_06_densenet_eval.json").read_text())["ARCH"] == demo_settings["06"]["ARCH"]

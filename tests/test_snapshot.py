@@ -8,6 +8,7 @@ import torch
 
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot as snap
+from mura_aug.workspace import RunFolder
 
 
 def fake_state(value: float) -> dict:
@@ -20,10 +21,10 @@ def fake_state(value: float) -> dict:
 
 def test_names_sort_by_kimg_and_temporaries_are_ignored(tmp_path):
     for kimg in (12.5, 2.0, 100.0):
-        snap.save_state(snap.state_path(tmp_path, kimg), fake_state(kimg))
-    snap.fakes_path(tmp_path, 2.0).write_bytes(b"png")
+        snap.save_state(RunFolder(tmp_path).state(kimg), fake_state(kimg))
+    RunFolder(tmp_path).fakes(2.0).write_bytes(b"png")
     (tmp_path / ".state-000200.000kimg.pt.abc.pt.tmp").write_bytes(b"half")  # a killed write
-    assert snap.state_path(tmp_path, 12.5).name == "state-000012.500kimg.pt"
+    assert RunFolder(tmp_path).state(12.5).name == "state-000012.500kimg.pt"
     infos = snap.list_snapshots(tmp_path)
     assert [i.kimg for i in infos] == [2.0, 12.5, 100.0]
     assert infos[0].fakes_path is not None and infos[1].fakes_path is None
@@ -33,7 +34,7 @@ def test_names_sort_by_kimg_and_temporaries_are_ignored(tmp_path):
 
 
 def test_state_round_trip_loads_without_running_code(tmp_path):
-    path = snap.save_state(snap.state_path(tmp_path, 1.0), fake_state(1.0))
+    path = snap.save_state(RunFolder(tmp_path).state(1.0), fake_state(1.0))
     loaded = torch.load(path, weights_only=True)  # the safe loader accepts it: no pickled code inside
     assert loaded["format"] == snap.STATE_FORMAT
     assert torch.equal(snap.load_state(path)["G_ema"]["w"], torch.full((8, 8), 1.0))
@@ -41,8 +42,8 @@ def test_state_round_trip_loads_without_running_code(tmp_path):
 
 def test_truncated_newest_state_is_skipped_with_a_warning(tmp_path):
     for kimg in (1.0, 2.0):
-        snap.save_state(snap.state_path(tmp_path, kimg), fake_state(kimg))
-    newest = snap.state_path(tmp_path, 2.0)
+        snap.save_state(RunFolder(tmp_path).state(kimg), fake_state(kimg))
+    newest = RunFolder(tmp_path).state(2.0)
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # cut off by a disconnect
     messages = []
     with pytest.warns(RuntimeWarning, match="state-000002.000kimg.pt"):
@@ -56,7 +57,7 @@ def test_truncated_newest_state_is_skipped_with_a_warning(tmp_path):
 
 
 def test_full_disk_leaves_previous_state_intact(tmp_path, monkeypatch):
-    previous = snap.save_state(snap.state_path(tmp_path, 1.0), fake_state(1.0))
+    previous = snap.save_state(RunFolder(tmp_path).state(1.0), fake_state(1.0))
     before = previous.read_bytes()
     real_save = torch.save
 
@@ -66,26 +67,26 @@ def test_full_disk_leaves_previous_state_intact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", save_until_disk_is_full)
     with pytest.raises(UserError, match="full"):
-        snap.save_state(snap.state_path(tmp_path, 2.0), fake_state(2.0))
+        snap.save_state(RunFolder(tmp_path).state(2.0), fake_state(2.0))
     monkeypatch.setattr(torch, "save", real_save)
     assert previous.read_bytes() == before
-    assert not snap.state_path(tmp_path, 2.0).exists()
+    assert not RunFolder(tmp_path).state(2.0).exists()
     assert [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_a_state_that_does_not_load_back_is_not_renamed(tmp_path, monkeypatch):
     monkeypatch.setattr(snap, "_check_state_file", lambda path: "RuntimeError: bad bytes")
     with pytest.raises(UserError, match="does not load back"):
-        snap.save_state(snap.state_path(tmp_path, 1.0), fake_state(1.0))
+        snap.save_state(RunFolder(tmp_path).state(1.0), fake_state(1.0))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_retention_keeps_newest_states_and_every_nth_network(tmp_path):
     kimgs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     for kimg in kimgs:
-        snap.save_state(snap.state_path(tmp_path, kimg), fake_state(kimg))
-        snap.network_path(tmp_path, kimg).write_bytes(b"net")
-        snap.fakes_path(tmp_path, kimg).write_bytes(b"png")
+        snap.save_state(RunFolder(tmp_path).state(kimg), fake_state(kimg))
+        RunFolder(tmp_path).network(kimg).write_bytes(b"net")
+        RunFolder(tmp_path).fakes(kimg).write_bytes(b"png")
     deleted = snap.apply_retention(tmp_path, keep_states=2, keep_networks_every=3)
     infos = snap.list_snapshots(tmp_path)
     assert [i.kimg for i in infos if i.state_path] == [5.0, 6.0]
@@ -117,13 +118,13 @@ def test_stats_log_skips_cut_line_and_rewinds(tmp_path):
 
 
 def test_list_runs_reads_options(tmp_path):
-    from mura_aug.workspace import Workspace
+    from mura_aug.workspace import RunFolder, Workspace
 
     workspace = Workspace(tmp_path / "ws").ensure()
     run_dir = workspace.experiments / "XR_SHOULDER-positive-tiny-16"
     run_dir.mkdir()
     (run_dir / "training_options.json").write_text(json.dumps({"label": "positive", "kimg": 5, "cfg": "tiny"}))
-    snap.save_state(snap.state_path(run_dir, 1.5), fake_state(1.5))
+    snap.save_state(RunFolder(run_dir).state(1.5), fake_state(1.5))
     (workspace.experiments / "empty").mkdir()
     runs = snap.list_runs(workspace)
     assert [r.name for r in runs] == ["XR_SHOULDER-positive-tiny-16"]

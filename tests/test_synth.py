@@ -7,7 +7,10 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance
 
-from mura_aug import cli, synth
+from mura_aug import cli
+from mura_aug.gan import sampling
+from mura_aug.synth import stage as synth
+from mura_aug.workspace import kimg_tag
 from mura_aug.errors import UserError
 
 TINY_G = dict(z_dim=32, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs=dict(num_layers=2),
@@ -27,7 +30,7 @@ def add_tiny_run(workspace, label, kimg=4.0, torch_seed=0, body_part="XR_SHOULDE
 
     run = f"{body_part}-{label}-tiny-32"
     G = tiny_generator(c_dim=2 if label == "both" else 0, torch_seed=torch_seed)
-    path = workspace.experiments / run / f"network-{synth.kimg_text(kimg)}kimg.pt"
+    path = workspace.experiments / run / f"network-{kimg_tag(kimg)}kimg.pt"
     save_network_file(path, G, kimg=kimg, run=run, label=label, class_names=["negative", "positive"])
     return path
 
@@ -119,8 +122,8 @@ def test_generation_is_deterministic_per_seed():
 
 def test_conditional_generator_uses_one_hot_label():
     G = tiny_generator(c_dim=2)
-    assert synth.class_vector(G, "positive").tolist() == [0.0, 1.0]
-    assert synth.class_vector(G, "negative").tolist() == [1.0, 0.0]
+    assert sampling.class_vectors(G.c_dim, "positive", 1)[0].tolist() == [0.0, 1.0]
+    assert sampling.class_vectors(G.c_dim, "negative", 1)[0].tolist() == [1.0, 0.0]
     pos = dict(synth.generate_images(G, [1], cls="positive", device="cpu", progress=False))[1]
     neg = dict(synth.generate_images(G, [1], cls="negative", device="cpu", progress=False))[1]
     assert not np.array_equal(pos, neg)
@@ -147,10 +150,10 @@ def test_synthesize_writes_contract_files_and_reruns_idempotently(synth_workspac
     pos_dir = ws.augmented_dir("positive", "XR_SHOULDER")
     assert sorted(p.name for p in pos_dir.iterdir()) == [
         f"XR_SHOULDER-positive-tiny-32_kimg000004.000_seed{s:06d}.png" for s in (10, 11, 12)]
-    manifest = pd.read_csv(synth.manifest_path(ws))
+    manifest = pd.read_csv(ws.manifest)
     assert len(manifest) == 6 and set(manifest["psi"]) == {0.8} and set(manifest["kimg"]) == {4.0}
-    train = pd.read_csv(synth.train_table_path(ws, "XR_SHOULDER"))
-    table = pd.read_csv(synth.augmented_table_path(ws, "XR_SHOULDER"))
+    train = pd.read_csv(ws.table("XR_SHOULDER", "train"))
+    table = pd.read_csv(ws.augmented_table("XR_SHOULDER"))
     fakes = table[table["source"] == "synthetic"]
     assert len(table) == len(train) + 6 and len(fakes) == 6
     assert set(fakes["patient"]) == {"synthetic"} and set(fakes["split"]) == {"train"}
@@ -159,23 +162,23 @@ def test_synthesize_writes_contract_files_and_reruns_idempotently(synth_workspac
     assert all((ws.root / p).is_file() for p in fakes["path"])
 
     files_before = _snapshot_of_files(ws.data / "Augmented_Fakes")
-    manifest_before = synth.manifest_path(ws).read_bytes()
-    table_before = synth.augmented_table_path(ws, "XR_SHOULDER").read_bytes()
+    manifest_before = ws.manifest.read_bytes()
+    table_before = ws.augmented_table("XR_SHOULDER").read_bytes()
     again = synth.synthesize(ws, n_per_class=3, seed=10, truncation_psi=0.8, device="cpu", progress=False)
     assert all(r.generated == 0 and r.skipped == 3 for r in again.values())
     assert _snapshot_of_files(ws.data / "Augmented_Fakes") == files_before
-    assert synth.manifest_path(ws).read_bytes() == manifest_before
-    assert synth.augmented_table_path(ws, "XR_SHOULDER").read_bytes() == table_before
+    assert ws.manifest.read_bytes() == manifest_before
+    assert ws.augmented_table("XR_SHOULDER").read_bytes() == table_before
 
     more = synth.synthesize(ws, n_per_class=5, seed=10, truncation_psi=0.8, device="cpu", progress=False)
     assert all(r.generated == 2 for r in more.values())
-    table = pd.read_csv(synth.augmented_table_path(ws, "XR_SHOULDER"))
+    table = pd.read_csv(ws.augmented_table("XR_SHOULDER"))
     assert (table["source"] == "synthetic").sum() == 10 and table["path"].is_unique
 
     changed = synth.synthesize(ws, n_per_class=2, seed=10, truncation_psi=0.5, device="cpu", progress=False,
                                classes=["positive"])
     assert changed["positive"].generated == 2  # other psi: those files are made again, not duplicated
-    manifest = pd.read_csv(synth.manifest_path(ws))
+    manifest = pd.read_csv(ws.manifest)
     assert len(manifest) == 10 and manifest["path"].is_unique
     assert sorted(manifest.loc[manifest["class"] == "positive", "psi"]) == [0.5, 0.5, 0.8, 0.8, 0.8]
 
@@ -189,7 +192,7 @@ def test_saved_fake_is_the_sharpened_generator_output(synth_workspace):
 
     (_, raw), = synth.generate_images(load_generator(snapshot.path), [4], 1.0, device="cpu", progress=False)
     expected = np.asarray(ImageEnhance.Sharpness(Image.fromarray(raw)).enhance(2.0))
-    saved = ws.augmented_dir("negative") / synth.fake_name(snapshot.run, snapshot.kimg, 4)
+    saved = ws.fake_path("negative", "XR_SHOULDER", snapshot.run, snapshot.kimg, 4)
     assert np.array_equal(np.asarray(Image.open(saved)), expected)
 
 
@@ -224,16 +227,16 @@ def test_grid_cutting_registers_fakes_once(synth_workspace, tmp_path):
     Image.fromarray(compose_grid(tiles, 2, 3)).save(grid_path)
     first = synth.cut_grid_to_fakes(ws, grid_path, "positive", tile_size=32)
     assert first.generated == 6
-    saved = ws.augmented_dir("positive") / synth.tile_name("XR_SHOULDER-positive-tiny-32", 4.0, 5)
+    saved = ws.tile_path("positive", "XR_SHOULDER", "XR_SHOULDER-positive-tiny-32", 4.0, 5)
     assert np.array_equal(np.asarray(Image.open(saved)),
                           np.asarray(ImageEnhance.Sharpness(Image.fromarray(tiles[5])).enhance(2.0)))
     second = synth.cut_grid_to_fakes(ws, grid_path, "positive", tile_size=32)
     assert second.generated == 0 and second.skipped == 6
     synth.write_augmented_table(ws, "XR_SHOULDER")
     synth.write_augmented_table(ws, "XR_SHOULDER")
-    table = pd.read_csv(synth.augmented_table_path(ws, "XR_SHOULDER"))
+    table = pd.read_csv(ws.augmented_table("XR_SHOULDER"))
     assert (table["source"] == "synthetic").sum() == 6 and table["path"].is_unique
-    manifest = pd.read_csv(synth.manifest_path(ws))
+    manifest = pd.read_csv(ws.manifest)
     assert manifest["tile"].tolist() == list(range(6)) and manifest["source_grid"].nunique() == 1
 
 
@@ -256,7 +259,7 @@ def test_filtering_drops_duplicates_and_least_realistic(synth_workspace):
     remaining = [0, 1, 3, 4]
     darkest = min(remaining, key=lambda i: brightness[i])
     assert "least realistic" in reasons[darkest] and len(reasons) == 3
-    table = pd.read_csv(synth.augmented_table_path(ws, "XR_SHOULDER"))
+    table = pd.read_csv(ws.augmented_table("XR_SHOULDER"))
     fakes = set(table.loc[table["source"] == "synthetic", "path"])
     assert not fakes & set(dropped["path"]) and len(fakes) == 3
     # filtering again with looser settings restores them (it starts from scratch)
@@ -285,7 +288,7 @@ def test_cli_synth(synth_workspace, capsys):
     argv = ["synth", "--workspace", str(ws.root), "--n-per-class", "2", "--device", "cpu", "--no-progress"]
     assert cli.main(argv) == 0
     assert "+ 4 synthetic rows" in capsys.readouterr().out
-    table = pd.read_csv(synth.augmented_table_path(ws, "XR_SHOULDER"))
+    table = pd.read_csv(ws.augmented_table("XR_SHOULDER"))
     assert (table["source"] == "synthetic").sum() == 4
     assert cli.main(argv + ["--runs", "nothere"]) == 2
     assert "No run or snapshot 'nothere'" in capsys.readouterr().err
@@ -319,7 +322,7 @@ def test_bad_generation_parameters_are_user_errors(synth_workspace):
                                progress=False)
     with pytest.raises(UserError, match="batch_size"):
         synth.synthesize_class(synth_workspace, snapshot, "positive", 2, batch_size=0, device="cpu", progress=False)
-    assert not synth.manifest_path(synth_workspace).exists() or pd.read_csv(synth.manifest_path(synth_workspace)).empty
+    assert not synth_workspace.manifest.exists() or pd.read_csv(synth_workspace.manifest).empty
 
 
 def test_open_gray_reads_16_bit_without_clipping(tmp_path):
@@ -352,18 +355,17 @@ def test_filtering_excludes_a_fake_that_copies_a_real_image(synth_workspace):
     import io
     import zipfile
 
-    from mura_aug.prepare import dataset_path
 
     ws = synth_workspace
     synth.synthesize(ws, n_per_class=4, device="cpu", progress=False, classes=["positive"])
     fakes = sorted(ws.augmented_dir("positive").glob("*.png"))
-    with zipfile.ZipFile(dataset_path(ws, "XR_SHOULDER", "positive", 32)) as archive:
+    with zipfile.ZipFile(ws.dataset_zip("XR_SHOULDER", "positive", 32)) as archive:
         member = sorted(n for n in archive.namelist() if n.endswith(".png"))[3]
         real = Image.open(io.BytesIO(archive.read(member))).convert("L")
     real.save(fakes[1])  # the generator "memorised" training image number 3
     dropped = synth.filter_fakes(ws, classes=["positive"], progress=False, exclude_memorised=True)
     assert list(dropped["path"]) == [fakes[1].relative_to(ws.root).as_posix()]
     assert "memorised" in dropped["drop_reason"].iloc[0] and member in dropped["drop_reason"].iloc[0]
-    table = pd.read_csv(synth.augmented_table_path(ws, "XR_SHOULDER"))
+    table = pd.read_csv(ws.augmented_table("XR_SHOULDER"))
     assert fakes[1].relative_to(ws.root).as_posix() not in set(table["path"])
     assert (table["source"] == "synthetic").sum() == 3

@@ -244,11 +244,11 @@ METRIC_KEYS = ("fid_offline", "kid_offline", "diversity_ratio", "collapse_alarm"
 def test_metrics_every_snapshot_go_into_the_stats_and_change_nothing_else(tmp_path, monkeypatch):
     import random
 
-    import mura_aug.metrics
+    import mura_aug.gan.measure
 
     workspace = make_dataset(tmp_path / "ws", "positive")
     make_dataset(tmp_path / "ws", "negative", count=8)
-    real_metrics = mura_aug.metrics.training_metrics
+    real_metrics = mura_aug.gan.measure.training_metrics
     calls = []
 
     def greedy_metrics(G, real_images_uint8, **kwargs):
@@ -257,7 +257,7 @@ def test_metrics_every_snapshot_go_into_the_stats_and_change_nothing_else(tmp_pa
         torch.randn(1000), np.random.rand(10), random.random()
         return real_metrics(G, real_images_uint8, **kwargs)
 
-    monkeypatch.setattr(mura_aug.metrics, "training_metrics", greedy_metrics)
+    monkeypatch.setattr(mura_aug.gan.measure, "training_metrics", greedy_metrics)
     with_metrics = train(workspace, "both", kimg=2 * TICK_KIMG, metrics_every=1, metrics_fakes=8, run="metrics",
                          **FAST)
     without = train(workspace, "both", kimg=2 * TICK_KIMG, run="plain", **FAST)

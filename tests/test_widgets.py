@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mura_aug import widgets
+from mura_aug.synth import widgets
 from mura_aug.errors import UserError
 
 TINY_G = dict(z_dim=32, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs=dict(num_layers=2),
@@ -33,7 +33,7 @@ def decode(png: bytes) -> np.ndarray:
 
 
 def test_explorer_render_matches_generation_and_mixing(explorer):
-    from mura_aug import synth
+    from mura_aug.synth import stage as synth
 
     G = explorer.generators["positive"]
     (_, direct), = synth.generate_images(G, [7], 0.6, device="cpu", progress=False)

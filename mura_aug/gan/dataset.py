@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import zipfile
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from mura_aug.errors import UserError
+from mura_aug.gan.sampling import CLASS_LABEL
 from mura_aug.workspace import Workspace, atomic_path
 
+if TYPE_CHECKING:
+    import numpy as np
+
 LABELS = ("positive", "negative", "both")
-CLASS_LABEL = {"negative": 0, "positive": 1}  # the one-hot column of a class-conditional GAN (docs/contracts.md)
-CLASS_NAMES = ["negative", "positive"]  # index = label
+CLASS_NAMES = ["negative", "positive"]  # index = label (sampling.CLASS_LABEL)
 MIN_RESOLUTION = 16  # px; the GAN has blocks from 4x4 upwards, so smaller makes no sense
 
 
@@ -38,53 +40,41 @@ def classes_of(label: str) -> List[str]:
     return ["negative", "positive"] if label == "both" else [label]
 
 
-def _dataset_file(workspace: Workspace, body_part: str, cls: str, res: int) -> Path:
-    try:
-        from mura_aug.prepare import dataset_path
-    except ImportError:  # stage 01's module not installed yet: the contract's name
-        return workspace.datasets / f"{body_part}_{cls}_{res}.zip"
-    return Path(dataset_path(workspace, body_part, cls, res))
-
-
-def available_resolutions(workspace: Workspace, body_part: str, cls: str) -> List[int]:
-    """Resolutions (px) of the datasets stage 01 built for this body part and class, ascending."""
-    pattern = re.compile(rf"^{re.escape(body_part)}_{re.escape(cls)}_(\d+)\.zip$")
-    found = []
-    if workspace.datasets.is_dir():
-        for path in workspace.datasets.iterdir():
-            match = pattern.match(path.name)
-            if match:
-                found.append(int(match.group(1)))
-    return sorted(found)
-
-
 def choose_source(workspace: Workspace, body_part: str, cls: str, resolution: Optional[int]) -> Tuple[Path, int]:
     """The dataset zip to train from at `resolution` (None = the largest there is), and its resolution:
     the same resolution, else the smallest larger one (then downsampled)."""
-    found = available_resolutions(workspace, body_part, cls)
+    found = workspace.dataset_resolutions(body_part, cls)
     if not found:
         raise UserError(
             f"No GAN dataset for {body_part} {cls} in {workspace.datasets}.",
             "Run stage 01 first: notebook 01_prepare, or python -m mura_aug prepare --workspace "
             f"{workspace.root} ... (python -m mura_aug prepare --help shows its options).")
     if resolution is None:
-        return _dataset_file(workspace, body_part, cls, found[-1]), found[-1]
+        return workspace.dataset_zip(body_part, cls, found[-1]), found[-1]
     larger = [r for r in found if r >= resolution]
     if not larger:
         raise UserError(
             f"The {body_part} {cls} datasets in {workspace.datasets} are {', '.join(map(str, found))} px, "
             f"smaller than the training resolution {resolution} px (upsampling would only blur).",
             f"Train at {found[-1]} px or less, or rerun stage 01 with --resolution {resolution}.")
-    return _dataset_file(workspace, body_part, cls, larger[0]), larger[0]
+    return workspace.dataset_zip(body_part, cls, larger[0]), larger[0]
 
 
-def read_dataset_zip(path: Path, resolution: int, progress: bool = False):
-    """Decode every PNG of an NVlabs-layout dataset zip into uint8 [N, 3, R, R], resizing with an
-    antialiasing filter when the images are larger than `resolution`."""
+def read_dataset_zip(path: Path, resolution: Optional[int] = None, progress: bool = False,
+                     max_images: Optional[int] = None, seed: int = 0) -> Tuple["np.ndarray", List[str]]:
+    """Decode the PNGs of an NVlabs-layout dataset zip: (uint8 [N, 3, R, R], member names).
+
+    resolution: resize larger images to it with an antialiasing filter; None keeps their size (which must be
+    the same for all). max_images: a random subset (seeded) of that many members, in member order."""
     import numpy as np
     from PIL import Image
     from tqdm.auto import tqdm
 
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"No GAN dataset at {path}.",
+                        "Run stage 01 (python -m mura_aug prepare, or notebook 01_prepare) with the same body "
+                        "part and --resolution as the run.")
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
@@ -94,18 +84,35 @@ def read_dataset_zip(path: Path, resolution: int, progress: bool = False):
         names = sorted(n for n in archive.namelist() if n.lower().endswith(".png"))
         if not names:
             raise UserError(f"The GAN dataset {path} holds no PNG images.", "Rerun stage 01 (prepare).")
-        images = np.empty((len(names), 3, resolution, resolution), dtype=np.uint8)
+        if max_images is not None and len(names) > max_images:
+            picked = np.sort(np.random.default_rng(seed).choice(len(names), max_images, replace=False))
+            names = [names[i] for i in picked]
+        images = None
         for index, name in enumerate(tqdm(names, desc=f"reading {path.name}", disable=not progress, leave=False)):
             try:
                 with Image.open(io.BytesIO(archive.read(name))) as image:
                     image = image.convert("RGB")
-                    if image.size != (resolution, resolution):
+                    if resolution is not None and image.size != (resolution, resolution):
                         image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
-                    images[index] = np.asarray(image).transpose(2, 0, 1)
-            except (OSError, zipfile.BadZipFile) as exc:
+                    pixels = np.asarray(image).transpose(2, 0, 1)
+            except (OSError, zipfile.BadZipFile, ValueError) as exc:
                 raise UserError(f"The image {name} in {path} cannot be decoded ({exc}).",
                                 "Delete the dataset zip and rerun stage 01 (prepare) to rebuild it.") from exc
-    return images
+            if images is None:
+                images = np.empty((len(names), *pixels.shape), dtype=np.uint8)
+            elif pixels.shape != images.shape[1:]:
+                raise UserError(f"The images in {path} have different sizes ({name}: {pixels.shape[1:]}).",
+                                "Rebuild the dataset with stage 01 (python -m mura_aug prepare).")
+            images[index] = pixels
+    return images, names
+
+
+def load_real_images(workspace, body_part: str, cls: str, resolution: int, max_images: Optional[int] = None,
+                     seed: int = 0, progress: bool = False) -> Tuple["np.ndarray", List[str]]:
+    """(uint8 [N, 3, R, R], zip member names) of one class's real training images at `resolution`, from stage
+    01's dataset zip; a random subset (seeded) beyond `max_images`."""
+    path = Workspace(workspace).dataset_zip(body_part, cls, resolution)
+    return read_dataset_zip(path, None, progress=progress, max_images=max_images, seed=seed)
 
 
 def _cache_key(sources: List[Path], resolution: int) -> str:
@@ -132,17 +139,14 @@ def load_training_images(workspace, body_part: str = "XR_SHOULDER", label: str =
     resolution = check_resolution(resolution)
     paths = [path for path, _ in sources]
     key = _cache_key(paths, resolution)
-    cache_dir = workspace.cache / "training_arrays"
-    images_file = cache_dir / f"{body_part}_{label}_{resolution}_{key}.images.npy"
-    labels_file = cache_dir / f"{body_part}_{label}_{resolution}_{key}.labels.npy"
+    images_file, labels_file = workspace.training_array(body_part, label, resolution, key)
     if not (images_file.is_file() and labels_file.is_file()):
         arrays, labels = [], []
         for cls, path in zip(classes, paths):
-            images = read_dataset_zip(path, resolution, progress=progress)
+            images, _ = read_dataset_zip(path, resolution, progress=progress)
             arrays.append(images)
             labels.append(np.full(len(images), CLASS_LABEL[cls], dtype=np.int64))
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in cache_dir.glob(f"{body_part}_{label}_{resolution}_*.npy"):
+        for stale in workspace.stale_training_arrays(body_part, label, resolution):
             stale.unlink(missing_ok=True)  # an older version of the same dataset
         _save_npy(images_file, np.concatenate(arrays))
         _save_npy(labels_file, np.concatenate(labels))

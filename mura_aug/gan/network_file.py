@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Union
 
 from mura_aug.errors import UserError
+from mura_aug.workspace import RunFolder
 
 FORMAT = "mura_aug.network"
 VERSION = 1
@@ -36,7 +37,7 @@ def save_network_file(path: PathLike, G, **meta) -> Path:
 
 
 def _newest_network_in(run_dir: Path) -> Path:
-    candidates = sorted(run_dir.glob("network-*kimg.pt"))
+    candidates = RunFolder(run_dir).network_files()
     if not candidates:
         raise UserError(f"The run folder {run_dir} holds no network-*kimg.pt snapshot yet.",
                         "Train the run until its first snapshot (see --snap), or pass a snapshot file.")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,35 +22,17 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from mura_aug.errors import UserError
-from mura_aug.workspace import Workspace, atomic_path, atomic_write_text, free_bytes
+from mura_aug.workspace import (SNAPSHOT_NAME, RunFolder, Workspace, atomic_path, atomic_write_text,
+                                free_bytes)
 
 PathLike = Union[str, os.PathLike]
 
 STATE_FORMAT = "mura_aug.state"
 STATE_VERSION = 1
 STATE_KEYS = ("G", "D", "G_ema", "G_opt", "D_opt", "progress", "rng", "config")  # what a loadable state needs
-KIMG_FORMAT = "%010.3f"
-_SNAPSHOT_NAME = re.compile(r"^(state|network|fakes)-(\d+\.\d+)kimg\.(pt|png)$")
 # Test hook: seconds to sleep after the state bytes are written but before the rename, so that a test can
 # kill the process in the middle of a snapshot write. Never set outside tests.
 WRITE_DELAY_ENV = "MURA_AUG_TEST_SNAPSHOT_WRITE_DELAY"
-
-
-def kimg_tag(kimg: float) -> str:
-    """12.5 -> '000012.500' (the <K> of every snapshot file name)."""
-    return KIMG_FORMAT % kimg
-
-
-def state_path(run_dir: PathLike, kimg: float) -> Path:
-    return Path(run_dir) / f"state-{kimg_tag(kimg)}kimg.pt"
-
-
-def network_path(run_dir: PathLike, kimg: float) -> Path:
-    return Path(run_dir) / f"network-{kimg_tag(kimg)}kimg.pt"
-
-
-def fakes_path(run_dir: PathLike, kimg: float) -> Path:
-    return Path(run_dir) / f"fakes-{kimg_tag(kimg)}kimg.png"
 
 
 @dataclass
@@ -95,7 +76,7 @@ def list_snapshots(run_dir: PathLike) -> List[SnapshotInfo]:
         return []
     by_kimg: Dict[str, Dict[str, Path]] = {}
     for path in run_dir.iterdir():
-        match = _SNAPSHOT_NAME.match(path.name)
+        match = SNAPSHOT_NAME.match(path.name)
         if match:
             by_kimg.setdefault(match.group(2), {})[match.group(1)] = path
     infos = []
@@ -109,7 +90,7 @@ def list_snapshots(run_dir: PathLike) -> List[SnapshotInfo]:
 
 
 def read_training_options(run_dir: PathLike) -> Dict[str, Any]:
-    path = Path(run_dir) / "training_options.json"
+    path = RunFolder(run_dir).options
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -238,7 +219,7 @@ def remove_stale_temporaries(run_dir: PathLike) -> List[Path]:
 
 def read_stats(run_dir: PathLike) -> List[Dict[str, Any]]:
     """The stats lines of a run (one dict per tick); a line cut off by a kill is ignored."""
-    path = Path(run_dir) / "stats.jsonl"
+    path = RunFolder(run_dir).stats
     if not path.is_file():
         return []
     lines = []
@@ -255,7 +236,7 @@ def read_stats(run_dir: PathLike) -> List[Dict[str, Any]]:
 def rewind_stats(run_dir: PathLike, tick: int) -> int:
     """Keep only the stats lines up to and including `tick` (the resumed state's), so that after a resume
     no tick appears twice and none is missing. Returns the number of lines kept."""
-    path = Path(run_dir) / "stats.jsonl"
+    path = RunFolder(run_dir).stats
     kept = [entry for entry in read_stats(run_dir) if int(entry.get("tick", -1)) <= tick]
     text = "".join(json.dumps(entry) + "\n" for entry in kept)
     if path.exists() or kept:
@@ -265,7 +246,7 @@ def rewind_stats(run_dir: PathLike, tick: int) -> int:
 
 def append_stats(run_dir: PathLike, entry: Dict[str, Any]) -> None:
     """Append one JSON line and flush it to disk (a kill can cut at most this line, which readers skip)."""
-    path = Path(run_dir) / "stats.jsonl"
+    path = RunFolder(run_dir).stats
     try:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")

@@ -150,7 +150,7 @@ STORED_NAMES = {"cfg": "cfg", "resolution": "resolution", "kimg": "kimg", "kimg_
 def run_to_resume(args: argparse.Namespace) -> Optional[Path]:
     """The existing run folder `--resume` refers to, or None (a new run, or an NVlabs pickle)."""
     from mura_aug.gan import snapshot
-    from mura_aug.workspace import resolve_workspace
+    from mura_aug.workspace import RunFolder, resolve_workspace
 
     if not args.resume:
         return None
@@ -158,7 +158,7 @@ def run_to_resume(args: argparse.Namespace) -> Optional[Path]:
     if args.resume != "latest":
         path = Path(args.resume).expanduser()
         folder = path if path.is_dir() else path.parent
-        return folder if (folder / "training_options.json").is_file() else None
+        return folder if RunFolder(folder).options.is_file() else None
     if args.run:
         folder = workspace.experiments / args.run
         return folder if folder.is_dir() else None

@@ -57,7 +57,7 @@ from mura_aug.errors import UserError
 from mura_aug.gan import snapshot as snapshots
 from mura_aug.gan.dataset import (CLASS_NAMES, DataSampler, batch_tensors, check_resolution, choose_source,
                                   classes_of, load_training_images)
-from mura_aug.workspace import Workspace, atomic_path, atomic_write_json, resolve_workspace
+from mura_aug.workspace import RunFolder, Workspace, atomic_path, atomic_write_json, kimg_tag, resolve_workspace
 
 PathLike = Union[str, os.PathLike]
 
@@ -481,7 +481,7 @@ def train(workspace: Optional[PathLike] = None,
           channels_last: bool = False,  # channels-last memory format for D's inputs on CUDA
           run: Optional[str] = None,  # run folder name (default BODY-label-cfg-res)
           on_tick: Optional[Callable[[Dict[str, Any]], None]] = None,  # called with each stats line
-          metrics_fakes: Optional[int] = None,  # fakes per metrics measurement (None = mura_aug.metrics' 500)
+          metrics_fakes: Optional[int] = None,  # fakes per metrics measurement (None = mura_aug.gan.measure's 500)
           rank: Optional[int] = None,  # this process' rank; None = from torch.distributed (0 without it)
           world_size: Optional[int] = None,  # processes (GPUs); None = from torch.distributed (1 without it)
           log: Callable[[str], None] = print) -> Path:
@@ -838,7 +838,7 @@ def _run_locked(workspace: Workspace, options: dict, state: Optional[dict], nvla
         total_sec = float(progress_state.get("total_sec", 0.0))
         history = list(state["options"].get("history", []))
         _set_rng_state(state["rng"])
-        log(f"resuming {run_dir.name} from {snapshots.state_path(run_dir, cur_nimg / 1000).name}: "
+        log(f"resuming {run_dir.name} from {RunFolder(run_dir).state(cur_nimg / 1000).name}: "
             f"{cur_nimg / 1000:g} kimg, tick {cur_tick}")
     if frozen:
         log(f"Freeze-D: {len(frozen)} parameter tensors of D's highest-resolution blocks stay fixed")
@@ -878,12 +878,12 @@ def _run_locked(workspace: Workspace, options: dict, state: Optional[dict], nvla
                                 "world_size": world_size, "batch_per_rank": rank_batch,
                                 "device": str(device), "amp": str(amp_dtype).replace("torch.", "") if amp_dtype
                                 else "off", "torch": torch.__version__}
-            atomic_write_json(run_dir / "training_options.json", training_options)
-            if not (run_dir / "reals.png").exists():
+            atomic_write_json(RunFolder(run_dir).options, training_options)
+            if not RunFolder(run_dir).reals.exists():
                 rows, cols = grid_shape(int(G_kwargs["img_resolution"]))
                 pick = np.random.default_rng(0).choice(len(images), size=min(rows * cols, len(images)),
                                                        replace=False)
-                save_image_grid(np.asarray(images[np.sort(pick)]), rows, cols, run_dir / "reals.png")
+                save_image_grid(np.asarray(images[np.sort(pick)]), rows, cols, RunFolder(run_dir).reals)
         except BaseException as exc:  # noqa: B036
             error = exc
     dist.agree(error)
@@ -900,12 +900,12 @@ def _run_locked(workspace: Workspace, options: dict, state: Optional[dict], nvla
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             fakes = render_fakes(G_ema, grid_z, grid_c, device)
         rows, cols = grid_shape(int(G_kwargs["img_resolution"]))
-        save_image_grid(fakes, rows, cols, snapshots.fakes_path(run_dir, kimg_now))
+        save_image_grid(fakes, rows, cols, RunFolder(run_dir).fakes(kimg_now))
         meta = dict(kimg=kimg_now, run=run_dir.name, label=options["label"], class_names=CLASS_NAMES
                     if options["label"] == "both" else [options["label"]])
         from mura_aug.gan.network_file import save_network_file
 
-        save_network_file(snapshots.network_path(run_dir, kimg_now), G_ema, **meta)
+        save_network_file(RunFolder(run_dir).network(kimg_now), G_ema, **meta)
         snapshot_options = {**options, "run": run_dir.name}
         full_state = {
             "G_kwargs": G_kwargs, "D_kwargs": D_kwargs,
@@ -923,7 +923,7 @@ def _run_locked(workspace: Workspace, options: dict, state: Optional[dict], nvla
             **meta, "resolution": int(G_kwargs["img_resolution"]), "stop_reason": stop_reason,
         }
         try:
-            snapshots.save_state(snapshots.state_path(run_dir, kimg_now), full_state)
+            snapshots.save_state(RunFolder(run_dir).state(kimg_now), full_state)
         except UserError as exc:
             previous = [s for s in snapshots.list_snapshots(run_dir) if s.state_path is not None
                         and s.kimg < kimg_now]
@@ -933,10 +933,10 @@ def _run_locked(workspace: Workspace, options: dict, state: Optional[dict], nvla
                             f"{exc.problem} ({kept}.)", exc.fix) from exc
         deleted = snapshots.apply_retention(run_dir, int(options["keep_states"]),
                                             int(options["keep_networks_every"]))
-        state_size = snapshots.state_path(run_dir, kimg_now).stat().st_size
+        state_size = RunFolder(run_dir).state(kimg_now).stat().st_size
         from mura_aug.workspace import free_bytes
 
-        log(f"snapshot {snapshots.kimg_tag(kimg_now)} kimg: state {snapshots.human_bytes(state_size)}"
+        log(f"snapshot {kimg_tag(kimg_now)} kimg: state {snapshots.human_bytes(state_size)}"
             f"{f', {len(deleted)} old file(s) removed' if deleted else ''}; run folder "
             f"{snapshots.human_bytes(snapshots.folder_bytes(run_dir))}, "
             f"{snapshots.human_bytes(free_bytes(run_dir))} free")
@@ -1190,12 +1190,12 @@ def _sum_over_ranks(dist: _Distributed, params: list, extras: list) -> None:
 
 
 def _training_metrics(G_ema, images, labels, device, say, num_fakes: Optional[int] = None) -> Dict[str, Any]:
-    """mura_aug.metrics.training_metrics (FID/KID/diversity) of G_ema, without touching the training RNGs.
+    """mura_aug.gan.measure.training_metrics (FID/KID/diversity) of G_ema, without touching the training RNGs.
     A conditional G gets the real labels, so its fakes have the training set's class mix."""
     try:
-        from mura_aug.metrics import training_metrics
+        from mura_aug.gan.measure import training_metrics
     except ImportError as exc:
-        say(f"metrics skipped: mura_aug.metrics is not available ({exc})")
+        say(f"metrics skipped: mura_aug.gan.measure is not available ({exc})")
         return {}
     extra = {} if num_fakes is None else {"num_fakes": int(num_fakes)}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

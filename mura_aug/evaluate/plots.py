@@ -10,7 +10,8 @@ from typing import Dict
 
 import numpy as np
 
-from mura_aug import eval_metrics
+from mura_aug.evaluate import study_metrics
+from mura_aug.workspace import EvaluationFolder
 
 ARM_COLOURS = {"baseline": "tab:blue", "augmented": "tab:orange"}
 METRIC_NAMES = {"kappa": "Cohen's kappa", "auc": "AUC", "accuracy": "accuracy", "sensitivity": "sensitivity",
@@ -46,8 +47,8 @@ def plot_roc_curves(summary: Dict[str, object], out_dir: Path):
 
     figure, axis = plt.subplots(figsize=(5, 5))
     for run in summary["runs"]:
-        predictions = pd.read_csv(Path(out_dir) / "runs" / run["run"] / "predictions.csv", dtype={"study_id": str})
-        studies = eval_metrics.aggregate_studies(predictions[predictions["part"] == "evaluation"])
+        predictions = pd.read_csv(EvaluationFolder(out_dir).run(run["run"]).predictions, dtype={"study_id": str})
+        studies = study_metrics.aggregate_studies(predictions[predictions["part"] == "evaluation"])
         false_positive_rate, true_positive_rate, _ = roc_curve(studies["label"], studies["probability"])
         auc = run["metrics"]["study@0.5"]["auc"]
         axis.plot(false_positive_rate, true_positive_rate, color=ARM_COLOURS.get(run["arm"], "grey"), alpha=0.8,
@@ -86,7 +87,7 @@ def comparison_table(summary: Dict[str, object], key: str = "study@0.5"):
 
     rows = {}
     for arm, table in summary["arms"].items():
-        rows[arm] = {METRIC_NAMES[m]: _cell(table[key][m]) for m in eval_metrics.METRICS}
+        rows[arm] = {METRIC_NAMES[m]: _cell(table[key][m]) for m in study_metrics.METRICS}
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = f"{key} (mean over seeds [95% CI])"
     return frame

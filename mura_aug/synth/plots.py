@@ -15,7 +15,7 @@ def _gray(image: Union[PathLike, Image.Image, np.ndarray], size: Optional[int] =
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image if image.ndim == 2 or image.shape[2] == 3 else image[:, :, 0])
     elif not isinstance(image, Image.Image):
-        from mura_aug.synth import open_gray
+        from mura_aug.synth.stage import open_gray
 
         image = open_gray(image)
     image = image.convert("L")

@@ -31,9 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from mura_aug import nbtools
+from mura_aug.notebooks import nbtools
 from mura_aug.errors import UserError
-from mura_aug.workspace import Workspace, atomic_write_json, resolve_workspace
+from mura_aug.workspace import CLASSES, Workspace, atomic_write_json, resolve_workspace
 
 # The series in the order it runs; data flows from each notebook to the later ones.
 SERIES = ("01_prepare", "02_train_positive", "03_train_negative", "04_resume", "05_crop_sharpen",
@@ -41,9 +41,6 @@ SERIES = ("01_prepare", "02_train_positive", "03_train_negative", "04_resume", "
 COMMON_SECTION = "common"
 DEMO_PARAMS_FILE = Path(__file__).resolve().with_name("demo_params.yaml")
 DEFAULT_DEMO_WORKSPACE = "./demo_workspace"
-# Written into a workspace the demo made, so that the demo never writes its generated X-rays into a
-# folder that holds a user's real data.
-DEMO_MARKER = ".mura_aug_demo_workspace.json"
 NOTEBOOK_FILE_PATTERN = re.compile(r"^(\d\d)_\w+$")
 
 PathLike = Union[str, os.PathLike]
@@ -360,7 +357,7 @@ def run_notebooks(args: argparse.Namespace) -> int:
     workspace_root = args.workspace or (spec.get(COMMON_SECTION) or {}).get("WORKSPACE")
     workspace = resolve_workspace(workspace_root)
     merged = merge_parameters(spec, declared, overrides={"WORKSPACE": str(workspace.root)}, source=source)
-    output_dir = Path(args.output_dir).expanduser().resolve() if args.output_dir else workspace.results / "notebooks"
+    output_dir = Path(args.output_dir).expanduser().resolve() if args.output_dir else workspace.executed_notebooks
     print(f"Workspace: {workspace.root}\nExecuted notebooks: {output_dir}", flush=True)
     result = run_series({name: available[name] for name in chosen}, merged, output_dir,
                         keep_going=args.keep_going, progress=not args.no_progress,
@@ -398,11 +395,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_workspace(root: PathLike) -> Workspace:
-    """The demo's workspace: a new or empty folder, or one an earlier demo made (it carries DEMO_MARKER)."""
+    """The demo's workspace: a new or empty folder, or one an earlier demo made (it carries the workspace's
+    demo marker, so that the demo never writes its generated X-rays into a folder holding a user's real data)."""
     path = Path(root).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise UserError(f"The demo workspace {path} is a file.", "Pass --workspace with a folder (new or empty).")
-    marker = path / DEMO_MARKER
+    marker = Workspace(path).demo_marker
     if path.is_dir() and not marker.exists():
         others = sorted(entry.name for entry in path.iterdir())
         if others:
@@ -449,7 +447,7 @@ def run_demo(args: argparse.Namespace) -> int:
                         "with --only.")
     workspace = demo_workspace(args.workspace)
     parameters = demo_parameters(available, workspace)
-    output_dir = workspace.results / "notebooks"
+    output_dir = workspace.executed_notebooks
     _echo(f"Demo workspace: {workspace.root}\nRunning {', '.join(chosen)} on generated X-rays with tiny CPU "
           f"settings ({DEMO_PARAMS_FILE.name}); executed notebooks go to {output_dir}.")
     started = time.perf_counter()
@@ -480,29 +478,25 @@ def _demo_body_part(parameters: Mapping[str, dict]) -> str:
 
 def where_everything_is(workspace: Workspace, body_part: str, notebooks_dir: Path) -> str:
     """A short map of the workspace's outputs (only what exists)."""
-    from mura_aug.workspace import body_part_folder
-
     places = [
-        ("generated MURA-like data", workspace.root / "demo"),
+        ("generated MURA-like data", workspace.demo_source),
         ("copied images", workspace.images),
         ("tables", workspace.tables),
         ("GAN datasets", workspace.datasets),
         ("GAN runs (snapshots, fakes grids)", workspace.experiments),
-        ("synthetic X-rays", workspace.data / "Augmented_Fakes"),
-        ("evaluation results", workspace.results / "evaluation" / body_part),
+        ("synthetic X-rays", workspace.augmented),
+        ("evaluation results", workspace.evaluation_dir(body_part)),
         ("executed notebooks", notebooks_dir),
     ]
     lines = [f"Everything is in {workspace.root}:"]
     for label, path in places:
         if path.exists():
             lines.append(f"  {label:<34} {path}")
-    runs = sorted(p.name for p in workspace.experiments.glob("*") if p.is_dir()) if workspace.experiments.is_dir() else []
+    runs = [run.name for run in workspace.runs()]
     if runs:
         lines.append(f"  {'runs':<34} {', '.join(runs)}")
-    fakes = workspace.data / "Augmented_Fakes"
-    if fakes.is_dir():
-        counts = {cls: len(list((fakes / cls / body_part_folder(body_part)).glob("*.png")))
-                  for cls in ("positive", "negative")}
+    if workspace.augmented.is_dir():
+        counts = {cls: len(list(workspace.augmented_dir(cls, body_part).glob("*.png"))) for cls in CLASSES}
         lines.append(f"  {'synthetic images per class':<34} {counts}")
     return "\n".join(lines)
 
@@ -516,7 +510,7 @@ FALLBACK_FILES = ("comparison.csv", "summary.csv", "comparison.json")
 
 def comparison_table(workspace: Workspace, body_part: str = "XR_SHOULDER") -> Optional[str]:
     """The stage-06 comparison as text, from the newest summary file it wrote (None when there is none)."""
-    folder = workspace.results / "evaluation" / body_part
+    folder = workspace.evaluation_dir(body_part)
     if not folder.is_dir():
         return None
     folders = sorted([folder] + [p for p in folder.iterdir() if p.is_dir()],

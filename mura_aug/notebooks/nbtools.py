@@ -1,8 +1,9 @@
-"""Writing and executing the numbered notebooks.
+"""Checking, building and executing notebooks.
 
-Notebooks are generated from small scripts in `tools/` (one per notebook) with `write_notebook`, so every
-notebook has the same first cell and exactly one cell tagged `parameters`, and is stored without outputs.
-`execute_notebook` runs one with papermill and turns a failing cell into a UserError that shows the cell.
+The six notebooks of the series are the source: they are edited as .ipynb files and checked by
+`lint_notebook` (the setup cell first, exactly one cell tagged `parameters`, no outputs). `build_notebook`
+and `write_notebook` make small notebooks in that shape (tests, scratch series). `execute_notebook` runs one
+with papermill and turns a failing cell into a UserError that shows the cell.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from mura_aug.errors import UserError
 
 REPO_URL = "https://github.com/mura-aug/mura_aug"
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parent  # the .ipynb files are package data beside this module
 
 # The first cell of every notebook: in Colab it installs the package (from the repository) when missing.
 SETUP_CELL = f'''# Setup: works in Colab, local Jupyter and papermill. In Colab it installs mura_aug when it is missing;
@@ -83,7 +84,7 @@ def _kernel_transport() -> dict:
     """Papermill options that run the kernel over local IPC sockets where the OS has them (see ipc_kernel)."""
     if os.name != "posix":
         return {}
-    return {"kernel_manager_class": "mura_aug.ipc_kernel.IpcKernelManager"}
+    return {"kernel_manager_class": "mura_aug.notebooks.ipc_kernel.IpcKernelManager"}
 
 
 def execute_notebook(source: Union[str, os.PathLike], output: Union[str, os.PathLike],

@@ -32,9 +32,10 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from mura_aug.devices import resolve_device
+from mura_aug.gan import sampling
 from mura_aug.imaging import to_grey
 from mura_aug.errors import UserError
-from mura_aug.workspace import (CLASSES, Workspace, atomic_write_bytes, atomic_write_csv, atomic_write_json,
+from mura_aug.workspace import (CLASSES, RunFolder, Workspace, atomic_write_bytes, atomic_write_csv, atomic_write_json,
                                 resolve_workspace)
 
 PathLike = Union[str, os.PathLike]
@@ -47,25 +48,9 @@ TABLE_EXTRA_COLUMNS = ["run", "kimg", "seed", "psi"]
 TABLE_COLUMNS = ["path", "filename", "class", "label", "patient", "study", "study_id", "body_part", "split",
                  "view", "source"]
 MAX_GRID_PADDING_PX = 32  # largest separator width (pixels) that grid cutting looks for
-SEED_LIMIT = 2 ** 32  # numpy RandomState seeds must be below this
 SAVE_THREADS = 4  # threads that sharpen, encode and write fakes while the generator runs
 SAVE_QUEUE_IMAGES = 256  # generated images waiting to be written, at most (256 px RGB: 50 MB)
 MANIFEST_EVERY_IMAGES = 500  # the manifest is rewritten after this many new fakes
-
-
-def kimg_text(kimg: float) -> str:
-    """kimg as in snapshot names: %010.3f (`000012.500`), so names sort by kimg."""
-    return f"{float(kimg):010.3f}"
-
-
-def fake_name(run: str, kimg: float, seed: int) -> str:
-    """File name of a generated fake (docs/contracts.md)."""
-    return f"{run}_kimg{kimg_text(kimg)}_seed{int(seed):06d}.png"
-
-
-def tile_name(run: str, kimg: float, tile: int) -> str:
-    """File name of a fake cut out of a grid: the tile index (row-major) takes the place of the seed."""
-    return f"{run}_kimg{kimg_text(kimg)}_tile{int(tile):06d}.png"
 
 
 # --- grid cutting --------------------------------------------------------------------------------
@@ -231,34 +216,6 @@ def sharpen(image: Image.Image, factor: float = DEFAULT_SHARPEN_FACTOR, contrast
 
 # --- generation --------------------------------------------------------------------------------------
 
-def class_vector(G, cls: Optional[str]):
-    """The conditioning label for `cls`: one-hot with index = label (1 positive, 0 negative) when the
-    generator is conditional (c_dim 2), else an empty vector."""
-    c_dim = int(getattr(G, "c_dim", 0))
-    c = np.zeros([c_dim], dtype=np.float32)
-    if c_dim:
-        if cls not in CLASSES:
-            raise UserError(f"The generator is class-conditional (c_dim={c_dim}) and needs a class, got {cls!r}.",
-                            "Pass class 'positive' or 'negative'.")
-        c[1 if cls == "positive" else 0] = 1.0
-    return c
-
-
-def seed_latent(G, seed: int) -> np.ndarray:
-    """z for one seed, as NVIDIA's generate.py draws it (so seeds mean the same as with their code)."""
-    if not 0 <= int(seed) < SEED_LIMIT:
-        raise UserError(f"Seed {seed} is out of range.", f"Use seeds between 0 and {SEED_LIMIT - 1}.")
-    return np.random.RandomState(int(seed)).randn(int(G.z_dim)).astype(np.float32)
-
-
-def to_uint8(images) -> np.ndarray:
-    """NCHW float images in about [-1, 1] -> NHWC uint8 (NVIDIA's conversion)."""
-    import torch
-
-    out = (images * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-    return out.permute(0, 2, 3, 1).cpu().numpy()
-
-
 def to_pil(array: np.ndarray) -> Image.Image:
     """HWC uint8 -> PIL ('L' for one channel, 'RGB' for three)."""
     if array.ndim == 3 and array.shape[2] == 1:
@@ -269,29 +226,13 @@ def to_pil(array: np.ndarray) -> Image.Image:
 def generate_images(G, seeds: Sequence[int], truncation_psi: float = DEFAULT_PSI, cls: Optional[str] = None,
                     batch_size: int = 16, device=None, noise_mode: str = "const", progress: bool = True,
                     ) -> Iterator[Tuple[int, np.ndarray]]:
-    """Yield (seed, HWC uint8 image) for each seed, generated in batches of `batch_size` images.
-
-    Deterministic per seed: z comes from the seed alone, noise is the generator's constant noise.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    if batch_size < 1:
-        raise UserError(f"batch_size={batch_size} is not positive.", "Use 1 or more (16-64 on a GPU).")
-    device = resolve_device(device)
-    G = G.to(device)
-    c_row = torch.from_numpy(class_vector(G, cls)).to(device)
-    seeds = [int(s) for s in seeds]
-    with tqdm(total=len(seeds), desc=f"generating {cls or ''}".strip(), unit="img", disable=not progress) as bar:
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start:start + batch_size]
-            z = torch.from_numpy(np.stack([seed_latent(G, s) for s in chunk])).to(device)
-            c = c_row.unsqueeze(0).repeat(len(chunk), 1)
-            with torch.no_grad():
-                images = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode)
-            for seed, array in zip(chunk, to_uint8(images)):
-                yield seed, array
-            bar.update(len(chunk))
+    """Yield (seed, HWC uint8 image) for each seed, generated in batches of `batch_size` images
+    (`mura_aug.gan.sampling.generate`: the same seed gives the same image everywhere)."""
+    for chunk, images in sampling.generate(G, seeds, cls, truncation_psi=truncation_psi, noise_mode=noise_mode,
+                                           batch_size=batch_size, device=resolve_device(device), progress=progress,
+                                           desc=f"generating {cls or ''}".strip()):
+        for seed, image in zip(chunk, images):
+            yield seed, image.transpose(1, 2, 0)
 
 
 # --- snapshots and runs -------------------------------------------------------------------------------
@@ -322,16 +263,9 @@ def run_label(run_name: str) -> Optional[str]:
     return parts[1] if len(parts) >= 2 and parts[1] in ("positive", "negative", "both") else None
 
 
-def network_files(run_dir: PathLike) -> List[Path]:
-    """A run's inference files, oldest first (their names sort by kimg)."""
-    return sorted(Path(run_dir).glob("network-*kimg.pt"))
-
-
 def list_run_dirs(workspace: Workspace, body_part: Optional[str] = None) -> List[Path]:
     """Run folders under data/experiments that hold at least one network file (of `body_part`)."""
-    if not workspace.experiments.is_dir():
-        return []
-    runs = [d for d in sorted(workspace.experiments.iterdir()) if d.is_dir() and network_files(d)]
+    runs = [run.path for run in workspace.runs() if run.network_files()]
     if body_part:
         runs = [d for d in runs if d.name.split("-")[0] == body_part]
     return runs
@@ -355,9 +289,9 @@ def snapshot_from(spec: PathLike, workspace: Workspace, label: Optional[str] = N
     """A Snapshot from a run name, a run folder or a snapshot file."""
     path = Path(spec).expanduser()
     if not path.exists():
-        path = workspace.experiments / str(spec)
+        path = workspace.run(str(spec)).path
     if path.is_dir():
-        files = network_files(path)
+        files = RunFolder(path).network_files()
         if not files:
             raise UserError(f"The run folder {path} holds no network-*kimg.pt snapshot yet.",
                             "Train it until its first snapshot, or name another run (python -m mura_aug runs).")
@@ -393,7 +327,7 @@ def find_snapshots(workspace: Workspace, body_part: str, runs=None,
     else:
         if runs is None:
             specs = sorted(list_run_dirs(workspace, body_part),
-                           key=lambda d: network_files(d)[-1].stat().st_mtime)  # oldest first, newest wins
+                           key=lambda d: RunFolder(d).network_files()[-1].stat().st_mtime)  # oldest first, newest wins
         else:
             specs = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
         snapshots = [snapshot_from(spec, workspace) for spec in specs]
@@ -413,27 +347,11 @@ def find_snapshots(workspace: Workspace, body_part: str, runs=None,
 
 # --- manifest and table ---------------------------------------------------------------------------------
 
-def manifest_path(workspace: Workspace) -> Path:
-    return workspace.data / "Augmented_Fakes" / "manifest.csv"
-
-
-def augmented_table_path(workspace: Workspace, body_part: str) -> Path:
-    return workspace.tables / f"{body_part}_train_augmented.csv"
-
-
-def train_table_path(workspace: Workspace, body_part: str) -> Path:
-    try:
-        from mura_aug.prepare import table_path
-    except ImportError:  # stage 01 not installed in this checkout: the contract's path
-        return workspace.tables / f"{body_part}_train.csv"
-    return Path(table_path(workspace, body_part, "train"))
-
-
 def read_manifest(workspace: Workspace):
     """The manifest as a DataFrame (empty with the right columns when there is none yet)."""
     import pandas as pd
 
-    path = manifest_path(workspace)
+    path = workspace.manifest
     if not path.is_file():
         return pd.DataFrame({column: pd.Series(dtype="object") for column in MANIFEST_COLUMNS})
     try:
@@ -455,7 +373,7 @@ def read_manifest(workspace: Workspace):
 def write_manifest(workspace: Workspace, frame) -> Path:
     """Write the manifest atomically, one row per path (the last wins), sorted by path."""
     frame = frame.drop_duplicates(subset="path", keep="last").sort_values("path").reset_index(drop=True)
-    return atomic_write_csv(manifest_path(workspace), frame[MANIFEST_COLUMNS + [c for c in frame.columns
+    return atomic_write_csv(workspace.manifest, frame[MANIFEST_COLUMNS + [c for c in frame.columns
                                                                                  if c not in MANIFEST_COLUMNS]])
 
 
@@ -477,7 +395,7 @@ def write_augmented_table(workspace: Workspace, body_part: str):
     """
     import pandas as pd
 
-    train_path = train_table_path(workspace, body_part)
+    train_path = workspace.table(body_part, "train")
     if not train_path.is_file():
         raise UserError(f"The training table {train_path} does not exist.",
                         "Run stage 01 first (notebook 01_prepare or python -m mura_aug prepare).")
@@ -509,7 +427,7 @@ def write_augmented_table(workspace: Workspace, body_part: str):
     for column in TABLE_EXTRA_COLUMNS:
         if column not in table.columns:
             table[column] = None
-    atomic_write_csv(augmented_table_path(workspace, body_part), table)
+    atomic_write_csv(workspace.augmented_table(body_part), table)
     return table
 
 
@@ -563,17 +481,17 @@ def synthesize_class(workspace: Workspace, snapshot: Snapshot, cls: str, n: int,
 
     if n < 0:
         raise UserError(f"N_PER_CLASS={n} is negative.", "Ask for 0 or more images per class.")
-    if not 0 <= seed or seed + n > SEED_LIMIT:
-        raise UserError(f"Seeds {seed}..{seed + n - 1} are out of range.", f"Use seeds from 0 to {SEED_LIMIT - 1}.")
+    if not 0 <= seed or seed + n > sampling.SEED_LIMIT:
+        raise UserError(f"Seeds {seed}..{seed + n - 1} are out of range.",
+                        f"Use seeds from 0 to {sampling.SEED_LIMIT - 1}.")
     started = time.perf_counter()
-    out_dir = workspace.augmented_dir(cls, body_part)
     manifest = read_manifest(workspace)
     known = {row["path"]: row for row in manifest.to_dict("records")}
     settings = dict(psi=float(truncation_psi), sharpen_factor=float(sharpen_factor),
                     contrast=None if contrast is None else float(contrast))
     rows, todo = [], []
     for s in range(seed, seed + n):
-        rel = _relative_name(workspace, out_dir / fake_name(snapshot.run, snapshot.kimg, s))
+        rel = workspace.relative(workspace.fake_path(cls, body_part, snapshot.run, snapshot.kimg, s))
         row = _manifest_row(rel, cls, body_part, snapshot, s, source_grid="", tile=None, **settings)
         rows.append(row)
         if not _is_done(known, workspace, rel, **settings):
@@ -622,10 +540,6 @@ def _save_fake(path: Path, array: np.ndarray, sharpen_factor: float, contrast: O
     atomic_write_bytes(path, _png_bytes(sharpen(to_pil(array), sharpen_factor, contrast)))
 
 
-def _relative_name(workspace: Workspace, path: Path) -> str:
-    return path.relative_to(workspace.root).as_posix()
-
-
 def _manifest_row(rel: str, cls: str, body_part: str, snapshot: Snapshot, seed, source_grid: str, tile, psi,
                   sharpen_factor, contrast) -> dict:
     return {"path": rel, "class": cls, "label": 1 if cls == "positive" else 0, "body_part": body_part,
@@ -651,14 +565,13 @@ def cut_grid_to_fakes(workspace: Workspace, grid_path: PathLike, cls: str, body_
     run = run or grid_path.resolve().parent.name
     kimg = grid_kimg(grid_path) if kimg is None else float(kimg)
     snapshot = Snapshot(path=grid_path, run=run, kimg=kimg, label=cls)
-    out_dir = workspace.augmented_dir(cls, body_part)
     manifest = read_manifest(workspace)
     known = {row["path"]: row for row in manifest.to_dict("records")}
     settings = dict(psi=None, sharpen_factor=float(sharpen_factor),
                     contrast=None if contrast is None else float(contrast))
     rows_out, fresh = [], []
     for index, tile in enumerate(tiles):
-        rel = _relative_name(workspace, out_dir / tile_name(run, kimg, index))
+        rel = workspace.relative(workspace.tile_path(cls, body_part, run, kimg, index))
         row = _manifest_row(rel, cls, body_part, snapshot, None, source_grid=str(grid_path), tile=index, **settings)
         rows_out.append(row)
         known_row = known.get(rel)
@@ -701,11 +614,11 @@ def write_summary(workspace: Workspace, body_part: str, results: Dict[str, Synth
                           "run": snapshots[cls].run if cls in snapshots else None,
                           "kimg": snapshots[cls].kimg if cls in snapshots else None}
                     for cls, r in results.items()},
-        "table": str(augmented_table_path(workspace, body_part).relative_to(workspace.root).as_posix()),
+        "table": workspace.relative(workspace.augmented_table(body_part)),
         "table_rows": {"real": int((table["source"] != "synthetic").sum()),
                        "synthetic": int((table["source"] == "synthetic").sum())},
     }
-    return atomic_write_json(workspace.data / "Augmented_Fakes" / f"{body_part}_synth_summary.json", summary)
+    return atomic_write_json(workspace.synth_summary(body_part), summary)
 
 
 # --- notebook helpers ---------------------------------------------------------------------------------------
@@ -734,7 +647,7 @@ def results_table(results: Dict[str, SynthResult]):
 def _resolution_from_options(run_dir: Path) -> Optional[int]:
     """`resolution` (pixels) from a run folder's training_options.json, None when absent."""
     try:
-        options = json.loads((run_dir / "training_options.json").read_text())
+        options = json.loads(RunFolder(run_dir).options.read_text())
         return int(options["resolution"]) if options.get("resolution") else None
     except (OSError, ValueError, TypeError, AttributeError):
         return None
@@ -766,7 +679,7 @@ def cut_run_grids(workspace: Workspace, snapshots: Dict[str, Snapshot], body_par
         if snap.label == "both":
             print(f"{cls}: {snap.run} is class-conditional, its grid mixes classes; not cut.")
             continue
-        grid = snap.path.parent / f"fakes-{kimg_text(snap.kimg)}kimg.png"
+        grid = RunFolder(snap.path.parent).fakes(snap.kimg)
         if not grid.is_file():
             print(f"{cls}: no fakes grid {grid.name} in {snap.run}; nothing to cut.")
             continue
@@ -786,8 +699,8 @@ def run_discriminator_scorer(snapshots: Dict[str, Snapshot], device=None
         if snap.path.suffix == ".pkl":
             scorers[cls] = discriminator_scorer(load_discriminator(snap.path, device), device=device)
             continue
-        state = snap.path.parent / f"state-{kimg_text(snap.kimg)}kimg.pt"
-        states = [state] if state.is_file() else sorted(snap.path.parent.glob("state-*kimg.pt"))[-1:]
+        run = RunFolder(snap.path.parent)
+        states = [run.state(snap.kimg)] if run.state(snap.kimg).is_file() else run.state_files()[-1:]
         if not states:
             raise UserError(f"The run {snap.run} keeps no state-*kimg.pt file, so it has no discriminator to "
                             "score realism with.",
@@ -804,7 +717,7 @@ def sample_real_and_fake(workspace: Workspace, body_part: str = "XR_SHOULDER", n
     """Up to `n` real training images and `n` kept fakes per class: ({cls: paths}, {cls: paths})."""
     import pandas as pd
 
-    table_file = augmented_table_path(workspace, body_part)
+    table_file = workspace.augmented_table(body_part)
     if not table_file.is_file():
         raise UserError(f"No augmented table {table_file}.", "Run the generation step of stage 05 first.")
     table = pd.read_csv(table_file)
@@ -912,7 +825,7 @@ def discriminator_scorer(D, batch_size: int = 32, device=None) -> Callable[[Sequ
 
     def score(paths: Sequence[Path], cls: str) -> np.ndarray:
         out = []
-        c_row = torch.from_numpy(class_vector(D, cls)).to(device)
+        c_row = torch.from_numpy(sampling.class_vectors(D.c_dim, cls, 1)[0]).to(device)
         for start in range(0, len(paths), batch_size):
             batch = load_rgb_batch(paths[start:start + batch_size], int(D.img_resolution))
             if int(D.img_channels) == 1:
@@ -1032,15 +945,17 @@ def _memorised_fakes(workspace: Workspace, body_part: str, cls: str, paths: Sequ
                      threshold: Optional[float] = None) -> Dict[int, Tuple[str, float, float]]:
     """{index in paths: (nearest real dataset member, its distance, the threshold)} for fakes that copy a real."""
     from mura_aug import metrics
+    from mura_aug.gan.dataset import load_real_images
 
     fakes = metrics.read_image_files(paths)
     resolution = int(fakes.shape[-1])
-    if not metrics.dataset_zip_path(workspace, body_part, cls, resolution).is_file():
+    dataset = workspace.dataset_zip(body_part, cls, resolution)
+    if not dataset.is_file():
         raise UserError(f"Excluding memorised fakes needs the {cls} GAN dataset at {resolution} px, which is "
-                        f"missing ({metrics.dataset_zip_path(workspace, body_part, cls, resolution)}).",
+                        f"missing ({dataset}).",
                         f"Run stage 01 (prepare) with RESOLUTION = {resolution}, or turn memorisation "
                         "filtering off.")
-    reals, names = metrics.load_real_images(workspace, body_part, cls, resolution, with_names=True)
+    reals, names = load_real_images(workspace, body_part, cls, resolution)
     report = metrics.memorisation(fakes, reals, threshold=threshold)
     return {i: (str(names[report.nearest_real[i]]), float(report.distance[i]), report.threshold)
             for i in np.flatnonzero(report.flagged)}
@@ -1126,6 +1041,6 @@ def run(args: argparse.Namespace) -> int:
         for row in dropped.itertuples():
             print(f"  {row.path}: {row.drop_reason}")
     table = write_augmented_table(workspace, args.body_part)
-    print(f"{augmented_table_path(workspace, args.body_part)}: {int((table['source'] == 'real').sum())} real + "
+    print(f"{workspace.augmented_table(args.body_part)}: {int((table['source'] == 'real').sum())} real + "
           f"{int((table['source'] == 'synthetic').sum())} synthetic rows")
     return 0

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from mura_aug.errors import UserError
-from mura_aug.workspace import (CLASSES, Workspace, atomic_path, atomic_write_bytes, atomic_write_json,
-                                atomic_write_text, resolve_workspace)
+from mura_aug.workspace import (CLASSES, SKIPPED_TABLE, TABLE_NAMES, Workspace, atomic_path, atomic_write_bytes,
+                                atomic_write_json, atomic_write_text, resolve_workspace)
 
 PathLike = Union[str, os.PathLike]
 
-TABLE_NAMES = ("train", "valid", "train_positive", "train_negative")
 TABLE_COLUMNS = ["path", "filename", "class", "label", "patient", "study", "study_id", "body_part", "split",
                  "view", "source"]
 SKIPPED_COLUMNS = ["path", "reason"]
@@ -46,42 +45,13 @@ DATASET_FORMAT = "mura_aug.dataset"
 ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same inputs give a byte-identical zip
 
 
-# --- workspace paths (the contract other stages use) ------------------------------------------------
-
-def dataset_path(workspace, body_part: str, cls: str, res: int) -> Path:
-    """data/datasets/<BODY>_<class>_<res>.zip: the GAN dataset of one class at `res` px."""
-    return Workspace(workspace).datasets / f"{body_part}_{cls}_{int(res)}.zip"
-
-
-def dataset_info_path(workspace, body_part: str, cls: str, res: int) -> Path:
-    """The JSON beside a dataset zip: its parameters, inputs and the copy behind each member."""
-    return dataset_path(workspace, body_part, cls, res).with_suffix(".json")
-
-
-def table_path(workspace, body_part: str, name: str) -> Path:
-    """data/tables/<BODY>_<name>.csv (name: train, valid, train_positive, train_negative, skipped_files, ...)."""
-    return Workspace(workspace).tables / f"{body_part}_{name}.csv"
-
-
-def summary_path(workspace, body_part: str) -> Path:
-    return Workspace(workspace).tables / f"{body_part}_prepare_summary.json"
-
-
-def state_path(workspace, body_part: str) -> Path:
-    """What prepare knows about its copies (sizes, mtimes, skipped sources); hidden next to the images."""
-    return Workspace(workspace).images / f".{body_part}_prepare_state.json"
-
-
-def copy_relpath(body_part: str, cls: str, split: str, patient: str, study: str, view: str) -> str:
-    """Workspace-relative POSIX path of the copy of one MURA image."""
-    return f"data/images/{cls}/{body_part}_{split}_{patient}_{study}_{view}.png"
-
+# --- reading what stage 01 wrote ---------------------------------------------------------------------
 
 def load_table(workspace, body_part: str, name: str):
     """One of prepare's tables as a DataFrame (identifiers kept as text)."""
     import pandas as pd
 
-    path = table_path(workspace, body_part, name)
+    path = Workspace(workspace).table(body_part, name)
     if not path.is_file():
         raise UserError(f"The table {path} does not exist.",
                         "Run stage 01 first (notebook 01_prepare, or python -m mura_aug prepare) for "
@@ -95,7 +65,7 @@ def load_table(workspace, body_part: str, name: str):
 
 
 def load_summary(workspace, body_part: str) -> dict:
-    path = summary_path(workspace, body_part)
+    path = Workspace(workspace).prepare_summary(body_part)
     if not path.is_file():
         raise UserError(f"No prepare summary at {path}.", "Run stage 01 (python -m mura_aug prepare) first.")
     return json.loads(path.read_text())
@@ -131,7 +101,7 @@ def check_workers(workers) -> int:
 
 def check_body_part(body_part: str) -> str:
     """'XR_SHOULDER' from 'XR_SHOULDER', 'xr_shoulder' or 'SHOULDER' (mura.check_body_part)."""
-    from mura_aug.mura import check_body_part as check
+    from mura_aug.prepare.mura import check_body_part as check
 
     return check(body_part)
 
@@ -180,7 +150,7 @@ _OPEN_SOURCES: Dict[str, object] = {}  # per process: MURA sources by location (
 
 def _source(location: str):
     if location not in _OPEN_SOURCES:
-        from mura_aug.mura import open_mura
+        from mura_aug.prepare.mura import open_mura
 
         _OPEN_SOURCES[location] = open_mura(location)
     return _OPEN_SOURCES[location]
@@ -289,15 +259,15 @@ class DatasetPlan:
     members: List[str] = field(default_factory=list)  # copy paths in member order
 
 
-def _index_rows(images, body_part: str) -> Tuple[List[Row], List[dict]]:
+def _index_rows(images, body_part: str, workspace: Workspace) -> Tuple[List[Row], List[dict]]:
     """Rows sorted by copy path; a second file mapping to the same copy name is skipped."""
     rows: Dict[str, Row] = {}
     duplicates: List[dict] = []
     records = images.to_dict("records") if len(images) else []
     for record in sorted(records, key=lambda r: str(r["filename"])):
         record = {key: (str(value) if key != "label" else int(value)) for key, value in record.items()}
-        path = copy_relpath(body_part, record["class"], record["split"], record["patient"], record["study"],
-                            record["view"])
+        path = workspace.copy_name(body_part, record["class"], record["split"], record["patient"], record["study"],
+                                   record["view"])
         if path in rows:
             duplicates.append({"path": record["filename"],
                                "reason": f"same patient, study and view as {rows[path].record['filename']}"})
@@ -307,7 +277,7 @@ def _index_rows(images, body_part: str) -> Tuple[List[Row], List[dict]]:
 
 
 def _load_state(workspace: Workspace, body_part: str) -> dict:
-    path = state_path(workspace, body_part)
+    path = workspace.prepare_state(body_part)
     try:
         state = json.loads(path.read_text())
         if state.get("version") == STATE_VERSION:
@@ -356,9 +326,9 @@ def _plan_dataset(workspace: Workspace, body_part: str, cls: str, settings: Data
                   and row.problem is None]
     if any(not row.up_to_date for row in candidates):
         return DatasetPlan(cls, True, "new or changed copies")
-    zip_file = dataset_path(workspace, body_part, cls, settings.resolution)
+    zip_file = workspace.dataset_zip(body_part, cls, settings.resolution)
     try:
-        info = json.loads(dataset_info_path(workspace, body_part, cls, settings.resolution).read_text())
+        info = json.loads(workspace.dataset_info(body_part, cls, settings.resolution).read_text())
         stat = zip_file.stat()
     except (OSError, ValueError):
         return DatasetPlan(cls, True, "not built yet")
@@ -374,7 +344,6 @@ def _plan_dataset(workspace: Workspace, body_part: str, cls: str, settings: Data
 
 # --- the stage ------------------------------------------------------------------------------------
 
-DEMO_FOLDER = "demo"  # <workspace>/demo holds the generated tree when no MURA path is given
 
 
 def mura_path_or_demo(mura_path: Optional[PathLike], workspace, demo_patients: int = 60,
@@ -385,10 +354,10 @@ def mura_path_or_demo(mura_path: Optional[PathLike], workspace, demo_patients: i
     """
     if mura_path is not None and str(mura_path).strip() != "":
         return Path(mura_path).expanduser()
-    from mura_aug.demo_data import make_demo_mura
+    from mura_aug.prepare.demo_data import make_demo_mura
 
     workspace = resolve_workspace(workspace)
-    return make_demo_mura(workspace.root / DEMO_FOLDER, patients=int(demo_patients), progress=progress)
+    return make_demo_mura(workspace.demo_source, patients=int(demo_patients), progress=progress)
 
 
 def prepare(mura_path: PathLike, workspace, body_part: str = "XR_SHOULDER", resolution: int = 256,
@@ -402,7 +371,7 @@ def prepare(mura_path: PathLike, workspace, body_part: str = "XR_SHOULDER", reso
     extra processes).
     """
     from mura_aug.imaging import check_fit
-    from mura_aug.mura import index_mura, open_mura
+    from mura_aug.prepare.mura import index_mura, open_mura
 
     started = time.perf_counter()
     resolution = check_resolution(resolution)
@@ -423,7 +392,7 @@ def prepare(mura_path: PathLike, workspace, body_part: str = "XR_SHOULDER", reso
         seconds["index"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        rows, duplicates = _index_rows(index.images, body_part)
+        rows, duplicates = _index_rows(index.images, body_part, workspace)
         if not rows:
             raise UserError(f"MURA at {source.location} lists no {body_part} images.",
                             "Check the body part (MURA has XR_ELBOW, XR_FINGER, XR_FOREARM, XR_HAND, XR_HUMERUS, "
@@ -455,7 +424,7 @@ def prepare(mura_path: PathLike, workspace, body_part: str = "XR_SHOULDER", reso
 
         summary = _summary(source, index, mura_path, body_part, settings, workers, frames, skipped, plans, counts,
                            seconds, workspace)
-    atomic_write_json(summary_path(workspace, body_part), summary)
+    atomic_write_json(workspace.prepare_summary(body_part), summary)
     return summary
 
 
@@ -479,7 +448,7 @@ def _no_train_images(cls: str, body_part: str, location, workspace: Workspace, w
     return UserError(f"MURA at {location} has no usable {body_part} train images of class {cls} ({when}); "
                      "a GAN dataset and a classifier need both classes.",
                      f"Use the complete MURA download (or demo data with more patients); "
-                     f"{table_path(workspace, body_part, 'skipped_files')} lists the files left out and why.")
+                     f"{workspace.table(body_part, SKIPPED_TABLE)} lists the files left out and why.")
 
 
 def _copy_and_build(rows: List[Row], plans: Dict[str, DatasetPlan], settings: DatasetSettings, workspace: Workspace,
@@ -502,7 +471,7 @@ def _copy_and_build(rows: List[Row], plans: Dict[str, DatasetPlan], settings: Da
         for cls, plan in plans.items():
             if plan.rebuild:
                 writers[cls] = stack.enter_context(
-                    _dataset_writer(dataset_path(workspace, body_part, cls, settings.resolution)))
+                    _dataset_writer(workspace.dataset_zip(body_part, cls, settings.resolution)))
         bar = stack.enter_context(tqdm(total=len(tasks), desc=f"{body_part}: copy + datasets", unit="img",
                                        disable=not progress or not tasks))
         try:
@@ -529,7 +498,7 @@ def _copy_and_build(rows: List[Row], plans: Dict[str, DatasetPlan], settings: Da
                                                    for p in writer.members),
                 "zip_size": stat.st_size, "zip_mtime_ns": stat.st_mtime_ns,
                 "members": writer.members}
-        atomic_write_json(dataset_info_path(workspace, body_part, cls, settings.resolution), info)
+        atomic_write_json(workspace.dataset_info(body_part, cls, settings.resolution), info)
     return counts
 
 
@@ -559,7 +528,7 @@ def _save_state(workspace: Workspace, body_part: str, state: dict, rows: List[Ro
                                 "mtime_ns": row.copy_mtime_ns, "converted": row.converted}
     new_state = {"version": STATE_VERSION, "copies": copies, "skipped": skipped}
     if new_state != state:
-        atomic_write_json(state_path(workspace, body_part), new_state, indent=None)
+        atomic_write_json(workspace.prepare_state(body_part), new_state, indent=None)
         state.clear()
         state.update(new_state)
 
@@ -619,14 +588,14 @@ def _write_tables(workspace: Workspace, body_part: str, rows: List[Row]) -> Dict
     for cls in CLASSES:
         frames[f"train_{cls}"] = [r for r in frames["train"] if r["class"] == cls]
     for name in TABLE_NAMES:
-        _write_if_changed(table_path(workspace, body_part, name), _csv_text(frames[name], TABLE_COLUMNS))
+        _write_if_changed(workspace.table(body_part, name), _csv_text(frames[name], TABLE_COLUMNS))
     return frames
 
 
 def _write_skipped(workspace: Workspace, body_part: str, index_skipped, duplicates: List[dict],
                    rows: List[Row]) -> List[dict]:
     skipped = _skipped_rows(index_skipped, duplicates, rows)
-    _write_if_changed(table_path(workspace, body_part, "skipped_files"), _csv_text(skipped, SKIPPED_COLUMNS))
+    _write_if_changed(workspace.table(body_part, SKIPPED_TABLE), _csv_text(skipped, SKIPPED_COLUMNS))
     return skipped
 
 
@@ -666,12 +635,11 @@ def _summary(source, index, mura_path, body_part: str, settings: DatasetSettings
         "label_disagreements": int(len(disagreements) if hasattr(disagreements, "__len__") else disagreements or 0),
         "copies": {"copied": counts["copied"], "converted": counts["converted"],
                    "kept": counts["kept"]},
-        "datasets": {cls: {"path": dataset_path(workspace, body_part, cls, settings.resolution)
-                           .relative_to(workspace.root).as_posix(),
+        "datasets": {cls: {"path": workspace.relative(workspace.dataset_zip(body_part, cls, settings.resolution)),
                            "images": len(plan.members), "rebuilt": plan.rebuild, "why": plan.reason}
                      for cls, plan in plans.items()},
-        "tables": {name: table_path(workspace, body_part, name).relative_to(workspace.root).as_posix()
-                   for name in (*TABLE_NAMES, "skipped_files")},
+        "tables": {name: workspace.relative(workspace.table(body_part, name))
+                   for name in (*TABLE_NAMES, SKIPPED_TABLE)},
         "seconds": {step: round(value, 3) for step, value in seconds.items()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -25,7 +25,7 @@ DISPLAY_PX = 256  # width (pixels) the widgets show images at; small generators 
 def png_bytes(image: Union[Image.Image, np.ndarray], display_px: int = DISPLAY_PX) -> bytes:
     """PNG bytes of an image, upscaled with nearest neighbour to `display_px` wide so small fakes are visible."""
     if isinstance(image, np.ndarray):
-        from mura_aug.synth import to_pil
+        from mura_aug.synth.stage import to_pil
 
         image = to_pil(image)
     if image.width < display_px:
@@ -73,11 +73,11 @@ class GeneratorExplorer:
         """The per-layer latents w of one seed: 1 x num_ws x w_dim."""
         import torch
 
-        from mura_aug.synth import class_vector, seed_latent
+        from mura_aug.gan import sampling
 
         G = self._generator(cls)
-        z = torch.from_numpy(seed_latent(G, seed)).unsqueeze(0).to(self.device)
-        c = torch.from_numpy(class_vector(G, cls)).unsqueeze(0).to(self.device)
+        z = torch.from_numpy(sampling.seed_latents(G.z_dim, [seed])).to(self.device)
+        c = torch.from_numpy(sampling.class_vectors(G.c_dim, cls, 1)).to(self.device)
         with torch.no_grad():
             return G.mapping(z, c, truncation_psi=psi)
 
@@ -92,7 +92,7 @@ class GeneratorExplorer:
         """
         import torch
 
-        from mura_aug.synth import to_uint8
+        from mura_aug.gan import sampling
 
         G = self._generator(cls)
         ws = self.ws(cls, seed, psi)
@@ -105,7 +105,7 @@ class GeneratorExplorer:
             ws[:, crossover:] = self.ws(cls, mix_seed, psi)[:, crossover:]
         with torch.no_grad():
             image = G.synthesis(ws, noise_mode="const")
-        return to_uint8(image)[0]
+        return sampling.to_uint8(image)[0].transpose(1, 2, 0)
 
 
 def explorer_widget(explorer: GeneratorExplorer, display_px: int = DISPLAY_PX):
@@ -154,7 +154,7 @@ class SnapshotBrowser:
     """The fakes grids of a run, in kimg order."""
 
     def __init__(self, run_dir: PathLike):
-        from mura_aug.synth import grid_kimg
+        from mura_aug.synth.stage import grid_kimg
 
         self.run_dir = Path(run_dir)
         grids = list(self.run_dir.glob("fakes*.png")) if self.run_dir.is_dir() else []
@@ -241,7 +241,7 @@ class RealFakeQuiz:
         """The current X-ray in grayscale at the fakes' size (real ones centre-cropped to the same shape)."""
         from PIL import ImageOps
 
-        from mura_aug.synth import open_gray
+        from mura_aug.synth.stage import open_gray
 
         path, _ = self.current()
         image = open_gray(path)
@@ -293,11 +293,10 @@ def quiz_from_workspace(workspace, body_part: str = "XR_SHOULDER", rounds: int =
     """A quiz over the workspace's real training images and its kept fakes of `body_part`."""
     import pandas as pd
 
-    from mura_aug.synth import augmented_table_path
     from mura_aug.workspace import resolve_workspace
 
     workspace = resolve_workspace(workspace)
-    table_file = augmented_table_path(workspace, body_part)
+    table_file = workspace.augmented_table(body_part)
     if not table_file.is_file():
         raise UserError(f"No augmented table {table_file}.", "Run stage 05 (notebook 05 or python -m mura_aug synth).")
     table = pd.read_csv(table_file)

@@ -47,7 +47,7 @@ def plot_class_counts(summary: dict):
 def example_images(workspace, body_part: str, cls: str, n: int = 3, seed: int = 0) -> List[tuple]:
     """(workspace-relative path, 'L' image) of `n` train images of a class, picked at random by `seed`."""
     from mura_aug.imaging import ImageProblem, open_image
-    from mura_aug.prepare import load_table
+    from mura_aug.prepare.stage import load_table
     from mura_aug.workspace import Workspace
 
     workspace = Workspace(workspace)

@@ -27,10 +27,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mura_aug import eval_metrics
+from mura_aug.evaluate import study_metrics
 from mura_aug.devices import resolve_device, reuse_freed_cpu_memory
 from mura_aug.errors import UserError
-from mura_aug.workspace import Workspace, atomic_path, atomic_write_csv, atomic_write_json, resolve_workspace
+from mura_aug.workspace import EvaluationFolder, EvaluationRun, Workspace, atomic_path, atomic_write_csv, atomic_write_json, resolve_workspace
 
 ARCHS = ("densenet169", "resnet50", "tiny")
 ARMS = ("baseline", "augmented")
@@ -125,7 +125,7 @@ def run_name(arm: str, seed: int, synth_ratio: float) -> str:
 
 
 def experiment_dir(workspace: Workspace, body_part: str, settings: EvalSettings) -> Path:
-    return workspace.results / "evaluation" / body_part / settings.experiment_name
+    return workspace.evaluation(body_part, settings.experiment_name).path
 
 
 # --- tables and splits ----------------------------------------------------------------------------
@@ -471,7 +471,7 @@ def train_run(run_dir: Path, fit, val, evaluation, settings: EvalSettings, seed:
     train_set = make_dataset(cache, fit, True, settings.rotation_deg)
     val_set = make_dataset(cache, val, False, settings.rotation_deg)
 
-    checkpoint_path = run_dir / "checkpoint.pt"
+    checkpoint_path = EvaluationRun(run_dir).checkpoint
     state = {"epoch": 0, "history": [], "best_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
              "best_model": None, "stopped": None, "train_seconds": 0.0}
     if checkpoint_path.is_file():
@@ -513,8 +513,8 @@ def train_run(run_dir: Path, fit, val, evaluation, settings: EvalSettings, seed:
             seen += len(labels)
         val_prob = predict(model, val_set, device, settings.batch_size, settings.workers)
         val_loss = _probability_loss(val_loss_fn, val_prob, val["label"].to_numpy(), device)
-        val_study = eval_metrics.aggregate_studies(val.assign(probability=val_prob))
-        val_metrics = eval_metrics.binary_metrics(val_study["label"], val_study["probability"], 0.5)
+        val_study = study_metrics.aggregate_studies(val.assign(probability=val_prob))
+        val_metrics = study_metrics.binary_metrics(val_study["label"], val_study["probability"], 0.5)
         scheduler.step(val_loss)
         state["history"].append({
             "epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "val_loss": val_loss,
@@ -540,12 +540,12 @@ def train_run(run_dir: Path, fit, val, evaluation, settings: EvalSettings, seed:
     eval_prob = predict(model, eval_set, device, settings.batch_size, settings.workers, progress,
                         "scoring MURA valid")
     val_prob = predict(model, val_set, device, settings.batch_size, settings.workers)
-    val_study = eval_metrics.aggregate_studies(val.assign(probability=val_prob))
-    thresholds = {"study": eval_metrics.choose_threshold(val_study["label"], val_study["probability"]),
-                  "image": eval_metrics.choose_threshold(val["label"], val_prob)}
+    val_study = study_metrics.aggregate_studies(val.assign(probability=val_prob))
+    thresholds = {"study": study_metrics.choose_threshold(val_study["label"], val_study["probability"]),
+                  "image": study_metrics.choose_threshold(val["label"], val_prob)}
     predictions = _concat(_prediction_frame(evaluation, eval_prob, "evaluation"),
                           _prediction_frame(val, val_prob, "internal_validation"))
-    atomic_write_csv(run_dir / "predictions.csv", predictions)
+    atomic_write_csv(EvaluationRun(run_dir).predictions, predictions)
     result = {
         "run": run_dir.name, "seed": seed, "settings": settings.fingerprint(),
         "epochs_run": state["epoch"], "best_epoch": state["best_epoch"], "stopped": state["stopped"],
@@ -557,7 +557,7 @@ def train_run(run_dir: Path, fit, val, evaluation, settings: EvalSettings, seed:
         "train_seconds": state["train_seconds"], "seconds_this_session": time.time() - started,
         "device": str(device),
     }
-    atomic_write_json(run_dir / "result.json", result)  # last: marks the run as finished
+    atomic_write_json(EvaluationRun(run_dir).result, result)  # last: marks the run as finished
     return result
 
 
@@ -641,7 +641,7 @@ def evaluate(workspace=None, body_part: str = "XR_SHOULDER", settings: Optional[
     train, valid, synthetic = load_tables(workspace, body_part, need_synthetic="augmented" in settings.arms,
                                           check_files=False)
     out_dir = experiment_dir(workspace, body_part, settings)
-    pending = [(seed, arm, out_dir / "runs" / run_name(arm, seed, settings.synth_ratio))
+    pending = [(seed, arm, EvaluationFolder(out_dir).run(run_name(arm, seed, settings.synth_ratio)).path)
                for seed in settings.seeds for arm in settings.arms]
     pending = [(seed, arm, run_dir) for seed, arm, run_dir in pending if not _is_finished(run_dir, settings)]
     if pending:
@@ -670,7 +670,7 @@ def evaluate(workspace=None, body_part: str = "XR_SHOULDER", settings: Optional[
 def _is_finished(run_dir: Path, settings: EvalSettings) -> bool:
     import json
 
-    result_path = run_dir / "result.json"
+    result_path = EvaluationRun(run_dir).result
     if not result_path.is_file():
         return False
     try:
@@ -690,16 +690,16 @@ def summarise_experiment(out_dir: Path, settings: EvalSettings, body_part: str) 
     runs: Dict[str, List[dict]] = {arm: [] for arm in settings.arms}
     for arm in settings.arms:
         for seed in settings.seeds:
-            run_dir = out_dir / "runs" / run_name(arm, seed, settings.synth_ratio)
-            result = json.loads((run_dir / "result.json").read_text())
-            predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"study_id": str, "patient": str})
+            run_files = EvaluationFolder(out_dir).run(run_name(arm, seed, settings.synth_ratio))
+            result = json.loads(run_files.result.read_text())
+            predictions = pd.read_csv(run_files.predictions, dtype={"study_id": str, "patient": str})
             result["predictions"] = predictions[predictions["part"] == "evaluation"].reset_index(drop=True)
             result["arm"] = arm
             runs[arm].append(result)
     reference = next(iter(runs.values()))[0]["predictions"]
-    studies = eval_metrics.aggregate_studies(reference)
+    studies = study_metrics.aggregate_studies(reference)
     study_index = studies.reset_index().set_index("study_id").loc[reference["study_id"], "index"].to_numpy()
-    weights = eval_metrics.bootstrap_weights(len(studies), settings.n_boot, seed=0)  # shared: pairs the arms
+    weights = study_metrics.bootstrap_weights(len(studies), settings.n_boot, seed=0)  # shared: pairs the arms
 
     samples: Dict[Tuple[str, str, str], List[Dict[str, np.ndarray]]] = {}
     rows = []
@@ -708,21 +708,21 @@ def summarise_experiment(out_dir: Path, settings: EvalSettings, body_part: str) 
             predictions = result["predictions"]
             if not predictions["path"].equals(reference["path"]):
                 raise UserError(f"The predictions of {result['run']} cover other images than the other runs.",
-                                f"Move {out_dir / 'runs' / result['run']} away and rerun to score it again.")
-            per_level = {"study": eval_metrics.aggregate_studies(predictions), "image": predictions}
+                                f"Move {EvaluationFolder(out_dir).run(result['run']).path} away and rerun to score it again.")
+            per_level = {"study": study_metrics.aggregate_studies(predictions), "image": predictions}
             result["metrics"] = {}
             for level, frame in per_level.items():
-                level_weights = weights if level == "study" else eval_metrics.image_weights(weights, study_index)
+                level_weights = weights if level == "study" else study_metrics.image_weights(weights, study_index)
                 auc_samples = None  # AUC does not depend on the threshold: computed once per level
                 for name in THRESHOLDS:
                     threshold = 0.5 if name == "0.5" else result["thresholds"][level]
-                    level_samples = eval_metrics.weighted_metric_samples(
+                    level_samples = study_metrics.weighted_metric_samples(
                         frame["label"], frame["probability"], threshold, level_weights, with_auc=auc_samples is None)
                     if auc_samples is None:
                         auc_samples = level_samples["auc"]
                     level_samples["auc"] = auc_samples
-                    metrics = eval_metrics.binary_metrics(frame["label"], frame["probability"], threshold)
-                    metrics.update(eval_metrics.intervals_of(level_samples))
+                    metrics = study_metrics.binary_metrics(frame["label"], frame["probability"], threshold)
+                    metrics.update(study_metrics.intervals_of(level_samples))
                     result["metrics"][f"{level}@{name}"] = metrics
                     if level == "study":
                         samples.setdefault((arm, level, name), []).append(level_samples)
@@ -737,22 +737,24 @@ def summarise_experiment(out_dir: Path, settings: EvalSettings, body_part: str) 
         "runs": [{k: v for k, v in r.items() if k != "predictions"} for rs in runs.values() for r in rs],
         "verdict": [c["verdict"] for c in comparison],
     }
-    atomic_write_json(out_dir / "summary.json", summary)
-    atomic_write_csv(out_dir / "runs.csv", pd.DataFrame(rows))
-    atomic_write_csv(out_dir / "comparison.csv", comparison_frame(summary))
+    experiment = EvaluationFolder(out_dir)
+    atomic_write_json(experiment.summary, summary)
+    atomic_write_csv(experiment.runs_table, pd.DataFrame(rows))
+    atomic_write_csv(experiment.comparison, comparison_frame(summary))
     # The latest experiment's files also one level up, where the series runner and people look first.
-    atomic_write_json(out_dir.parent / "summary.json", summary)
-    atomic_write_csv(out_dir.parent / "comparison.csv", comparison_frame(summary))
+    latest = EvaluationFolder(out_dir.parent)  # results/evaluation/<BODY>/: the latest experiment's copy
+    atomic_write_json(latest.summary, summary)
+    atomic_write_csv(latest.comparison, comparison_frame(summary))
     return summary
 
 
 def _compare_arms(runs, samples, settings: EvalSettings):
     """Per arm: metrics averaged over seeds, with intervals from resampling studies *and* seeds; then
     augmented minus baseline on the same resamples (paired by study and by seed)."""
-    draws = eval_metrics.seed_draws(len(settings.seeds), settings.n_boot)
+    draws = study_metrics.seed_draws(len(settings.seeds), settings.n_boot)
 
     def mean_samples_of(arm, name, metric):
-        return eval_metrics.mean_over_seeds([s[metric] for s in samples[(arm, "study", name)]], draws)
+        return study_metrics.mean_over_seeds([s[metric] for s in samples[(arm, "study", name)]], draws)
 
     arms_table = {}
     for arm, results in runs.items():
@@ -760,11 +762,11 @@ def _compare_arms(runs, samples, settings: EvalSettings):
         for name in THRESHOLDS:
             key = f"study@{name}"
             entry = {}
-            mean_samples = {m: mean_samples_of(arm, name, m) for m in eval_metrics.METRICS}
-            for metric in eval_metrics.METRICS:
+            mean_samples = {m: mean_samples_of(arm, name, m) for m in study_metrics.METRICS}
+            for metric in study_metrics.METRICS:
                 values = [r["metrics"][key][metric] for r in results]
-                entry[metric] = {**eval_metrics.summarise(values), "per_seed": values,
-                                 "ci": eval_metrics.percentile_interval(mean_samples[metric])}
+                entry[metric] = {**study_metrics.summarise(values), "per_seed": values,
+                                 "ci": study_metrics.percentile_interval(mean_samples[metric])}
             entry["confusion"] = np.sum([r["metrics"][key]["confusion"] for r in results], axis=0).tolist()
             arms_table[arm][key] = entry
     comparison = []
@@ -776,15 +778,15 @@ def _compare_arms(runs, samples, settings: EvalSettings):
                     continue  # AUC does not depend on the threshold
                 base, aug = arms_table["baseline"][key][metric], arms_table["augmented"][key][metric]
                 difference = mean_samples_of("augmented", name, metric) - mean_samples_of("baseline", name, metric)
-                difference_ci = eval_metrics.percentile_interval(difference)
-                paired = eval_metrics.seed_paired_difference(base["per_seed"], aug["per_seed"])
+                difference_ci = study_metrics.percentile_interval(difference)
+                paired = study_metrics.seed_paired_difference(base["per_seed"], aug["per_seed"])
                 label = f"study-level {metric} (threshold {name})" if metric != "auc" else "study-level AUC"
                 comparison.append({
                     "metric": metric, "threshold_rule": name, "baseline": base["mean"], "augmented": aug["mean"],
                     "baseline_ci": base["ci"], "augmented_ci": aug["ci"], "difference": aug["mean"] - base["mean"],
                     "difference_ci": difference_ci, "seed_paired": paired,
-                    "within_noise": eval_metrics.intervals_overlap(base["ci"], aug["ci"]),
-                    "verdict": eval_metrics.verdict(label, base["mean"], base["ci"], aug["mean"], aug["ci"],
+                    "within_noise": study_metrics.intervals_overlap(base["ci"], aug["ci"]),
+                    "verdict": study_metrics.verdict(label, base["mean"], base["ci"], aug["mean"], aug["ci"],
                                                     difference_ci)})
     return arms_table, comparison
 
@@ -796,7 +798,7 @@ def comparison_frame(summary: Dict[str, object]):
     rows = []
     for arm, table in summary["arms"].items():
         for key, entry in table.items():
-            for metric in eval_metrics.METRICS:
+            for metric in study_metrics.METRICS:
                 value = entry[metric]
                 rows.append({"arm": arm, "level_threshold": key, "metric": metric, "mean_over_seeds": value["mean"],
                              "std_over_seeds": value["std"], "ci_low": value["ci"][0], "ci_high": value["ci"][1],
@@ -810,7 +812,7 @@ def load_summary(workspace=None, body_part: str = "XR_SHOULDER", settings: Optio
     import json
 
     settings = settings or EvalSettings(**overrides)
-    path = experiment_dir(resolve_workspace(workspace, create=False), body_part, settings) / "summary.json"
+    path = resolve_workspace(workspace, create=False).evaluation(body_part, settings.experiment_name).summary
     if not path.is_file():
         raise UserError(f"No evaluation results at {path}.", "Run `python -m mura_aug evaluate` (notebook 06) first.")
     return json.loads(path.read_text())
