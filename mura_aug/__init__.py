@@ -5,5 +5,16 @@ Stages (each a notebook and a `python -m mura_aug <stage>` command):
 """
 from mura_aug.errors import UserError
 
-__version__ = "0.1.0"
+
+def _installed_version() -> str:
+    # pyproject.toml owns the version; an install (editable or not) carries it in the package metadata.
+    from importlib import metadata
+
+    try:
+        return metadata.version("mura_aug")
+    except metadata.PackageNotFoundError:  # a checkout put on sys.path by hand, never installed
+        return "0+unknown"
+
+
+__version__ = _installed_version()
 __all__ = ["UserError", "__version__"]

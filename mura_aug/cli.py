@@ -41,7 +41,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 def _usage() -> str:
-    lines = ["usage: python -m mura_aug <command> [options]", "", "commands:"]
+    lines = ["usage: python -m mura_aug <command> [options]   (or --version)", "", "commands:"]
     lines += [f"  {name:<16}{help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += ["", "python -m mura_aug <command> --help shows a command's options."]
     return "\n".join(lines)
@@ -51,6 +51,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from mura_aug import __version__
+
+        print(f"mura_aug {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
