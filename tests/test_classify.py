@@ -154,7 +154,7 @@ def test_rerun_skips_finished_runs_and_more_epochs_continue(eval_workspace, tmp_
     ({"arms": ("both",)}, "ARMS"), ({"arms": ()}, "ARMS"), ({"image_size": 8}, "IMAGE_SIZE"),
     ({"seeds": 0}, "SEEDS"), ({"seeds": [1, 1]}, "SEEDS"), ({"learning_rate": 0.0}, "LEARNING_RATE"),
     ({"early_stop_patience": 0}, "EARLY_STOP_PATIENCE"), ({"n_boot": 5}, "N_BOOT"),
-    ({"body_part": "XR_KNEE"}, "body part"),
+    ({"body_part": "XR_KNEE"}, "body part"), ({"arch": "tiny", "pretrained": True}, "PRETRAINED"),
 ])
 def test_bad_parameters_are_user_errors_naming_the_setting(eval_workspace, bad, named):
     results = eval_workspace.evaluation_dir(BODY)

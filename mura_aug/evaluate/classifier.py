@@ -191,7 +191,7 @@ def train_run(run_dir: Path, fit, val, evaluation, settings: EvalSettings, seed:
             if not torch.isfinite(loss):
                 raise UserError(f"The training loss of {run_dir.name} became {loss.item()} at epoch {epoch + 1}.",
                                 f"Move {run_dir} away (its last good epoch stays in checkpoint.pt) and rerun with "
-                                "a lower learning rate (e.g. --lr 1e-5).")
+                                "a lower learning rate (LEARNING_RATE / --learning-rate, e.g. 1e-5).")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -17,6 +17,8 @@ from mura_aug.settings import StageSettings, flag_name, parameter_name, setting
 ARCHS = ("densenet169", "resnet50", "tiny")
 PRETRAINED_ARCHS = ("densenet169", "resnet50")  # torchvision has ImageNet weights for these
 ARMS = ("baseline", "augmented")
+PRETRAINED_LEARNING_RATE = 1e-4  # Adam step of the MURA paper (fine-tuning ImageNet weights)
+TINY_LEARNING_RATE = 1e-3  # the tiny CNN learns from scratch and needs a larger step
 # The names under which result.json and checkpoint.pt of every run store the settings that shaped it. They
 # are the stored format: renaming one would make every existing run look different, and a rerun of an
 # existing experiment would refuse to continue it instead of skipping its finished runs.
@@ -41,8 +43,8 @@ class EvalSettings(StageSettings):
                           "run sooner")
     batch_size: int = setting(16, "images per step, at least 2 (batch normalisation); lower it if the GPU runs "
                               "out of memory")
-    learning_rate: Optional[float] = setting(None, "Adam step size; none: 1e-4 (MURA paper), 1e-3 for tiny",
-                                             aliases=("--lr",))
+    learning_rate: Optional[float] = setting(None, f"Adam step size; none: {PRETRAINED_LEARNING_RATE:g} (MURA paper), "
+                                             f"{TINY_LEARNING_RATE:g} for tiny", aliases=("--lr",))
     lr_patience: int = setting(0, "more epochs without a lower internal-validation loss before the learning "
                                "rate is divided by 10 (0: after every such epoch, as in the MURA paper)",
                                unit="epochs")
@@ -67,7 +69,7 @@ class EvalSettings(StageSettings):
         """The learning rate in use: a small network trained from scratch needs a larger step than a pretrained one."""
         if self.learning_rate is not None:
             return float(self.learning_rate)
-        return 1e-3 if self.arch == "tiny" else 1e-4
+        return TINY_LEARNING_RATE if self.arch == "tiny" else PRETRAINED_LEARNING_RATE
 
     @property
     def seed_values(self) -> List[int]:
@@ -92,6 +94,9 @@ class EvalSettings(StageSettings):
         self.arms = tuple(self.arms)
         if not 16 <= int(self.image_size) <= 1024:
             _bad("image_size", self.image_size, "Use 224 (default), 320 (MURA paper) or 32-64 for CPU demos.")
+        if self.pretrained and self.arch not in PRETRAINED_ARCHS:
+            _bad("pretrained", self.pretrained, f"ARCH {self.arch!r} has no pretrained weights: set PRETRAINED False "
+                 "(on the command line it is off by itself for this ARCH).")
         if self.arch in PRETRAINED_ARCHS and self.image_size < 32:
             _bad("image_size", self.image_size, f"{self.arch} needs at least 32 px; use ARCH 'tiny' below that.")
         if int(self.epochs) < 1:
