@@ -18,8 +18,9 @@ from mura_aug.settings import StageSettings, check_resolution, flag_name, parame
 
 @dataclasses.dataclass
 class PrepareSettings(StageSettings):
-    """Every choice of stage 01. The dataset options (resolution, fit, crop_borders, contrast) decide whether
-    a rerun keeps the GAN datasets; the others do not change any output."""
+    """Every choice of stage 01. A rerun keeps the GAN datasets while the dataset options (resolution, fit,
+    crop_borders, contrast) and their input copies are unchanged; `workers` changes only the speed (the
+    outputs are byte-identical)."""
 
     mura_path: Optional[str] = setting(
         None, "MURA-v1.1 folder, the folder above it, or MURA-v1.1.zip; only read, never written. None or empty "
