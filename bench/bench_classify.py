@@ -1,7 +1,7 @@
 """Stage 06 throughput: training and evaluation images per second for each classifier and input size.
 
 Measures the network alone (random input tensors, so disk and decoding do not blur the numbers), the way
-`classify.train_run` uses it: Adam step on a class-balanced BCE for training, no_grad forward for
+`classifier.train_run` uses it: Adam step on a class-balanced BCE for training, no_grad forward for
 evaluation. Also measures the input pipeline (decode a demo PNG, resize, augment, normalise) per image.
 
     python bench/bench_classify.py                 # all configurations, writes bench/results/classify.md
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from mura_aug.evaluate import stage as classify  # noqa: E402
+from mura_aug.evaluate import classifier, data  # noqa: E402
 
 CONFIGS = [  # (arch, input px, batch size)
     ("tiny", 64, 32),
@@ -40,7 +40,7 @@ MURA_SHOULDER_VALID_IMAGES = 563  # MURA-v1.1 XR_SHOULDER valid split
 
 def images_per_second(arch: str, size: int, batch: int, train: bool, seconds: float) -> float:
     torch.manual_seed(0)
-    model = classify.build_model(arch, pretrained=False, progress=False)
+    model = classifier.build_model(arch, pretrained=False, progress=False)
     images = torch.randn(batch, 3, size, size)
     labels = (torch.arange(batch) % 2).float()
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0]))
@@ -75,8 +75,8 @@ def pipeline_images_per_second(size: int, count: int = 40) -> float:
         import pandas as pd
 
         frame = pd.DataFrame({"path": paths, "label": [0] * len(paths)})
-        cache = classify.ImageCache(mura, size)  # not preloaded: every item decodes its PNG
-        dataset = classify.make_dataset(cache, frame, train=True, rotation_deg=30)
+        cache = data.ImageCache(mura, size)  # not preloaded: every item decodes its PNG
+        dataset = data.make_dataset(cache, frame, train=True, rotation_deg=30)
         started = time.perf_counter()
         for index in range(len(dataset)):
             dataset[index]

@@ -1,4 +1,4 @@
-"""Stage 01 throughput: prepare() on a generated MURA tree of a few thousand images (256-512 px per side).
+"""Stage 01 throughput: run_stage() on a generated MURA tree of a few thousand images (256-512 px per side).
 
     python bench/bench_prepare.py [--patients 600] [--resolution 256] [--workers 1 2]
 
@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mura_aug.prepare.demo_data import make_demo_mura  # noqa: E402
-from mura_aug.prepare.stage import prepare  # noqa: E402
+from mura_aug.prepare.settings import PrepareSettings  # noqa: E402
+from mura_aug.prepare.stage import run_stage  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "prepare.md"
 SHOULDER_TRAIN, SHOULDER_VALID = 8379, 563  # images of XR_SHOULDER in MURA-v1.1
@@ -61,7 +62,8 @@ def timed_run(label: str, mura: Path, workspace: Path, resolution: int, workers:
     load_before = load_average()
     cpu_before = cpu_seconds()
     clock = time.perf_counter()
-    summary = prepare(mura, workspace, resolution=resolution, workers=workers, progress=False)
+    settings = PrepareSettings(mura_path=str(mura), resolution=resolution, workers=workers)
+    summary = run_stage(workspace, settings, progress=False)
     seconds = time.perf_counter() - clock
     cpu = cpu_seconds() - cpu_before  # unlike wall time, hardly changed by other jobs on the machine
     images = summary["images"]["train"]["total"] + summary["images"]["valid"]["total"]

@@ -1,4 +1,5 @@
-"""Shared, session-scoped fixtures: a demo MURA tree, a prepared workspace and a tiny trained GAN run.
+"""Shared, session-scoped fixtures: a demo MURA tree, a prepared workspace, and for stage 06 that workspace
+with synthetic rows and a finished tiny experiment.
 
 Each fixture is built once per test session in a temporary folder and must be treated as read-only by
 tests; a test that changes files copies the fixture first (see `copy_workspace`).
@@ -29,11 +30,13 @@ def demo_mura(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_workspace(demo_mura, tmp_path_factory):
     """A workspace after stage 01 on the demo tree, GAN datasets at TEST_RESOLUTION px."""
-    from mura_aug.prepare.stage import prepare
+    from mura_aug.prepare import stage
+    from mura_aug.prepare.settings import PrepareSettings
     from mura_aug.workspace import Workspace
 
     workspace = Workspace(tmp_path_factory.mktemp("prepared") / "workspace")
-    prepare(demo_mura, workspace, resolution=TEST_RESOLUTION, workers=1, progress=False)
+    settings = PrepareSettings(mura_path=str(demo_mura), resolution=TEST_RESOLUTION, workers=1)
+    stage.run_stage(workspace, settings, progress=False)
     return workspace
 
 
@@ -48,3 +51,35 @@ def copy_workspace(tmp_path):
         return Workspace(target)
 
     return _copy
+
+
+# --- stage 06 ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def eval_workspace(prepared_workspace, tmp_path_factory):
+    """A private copy of the prepared workspace plus synthetic rows, as stage 05 would add them."""
+    from evaluation_data import add_synthetic_rows
+    from mura_aug.workspace import Workspace
+
+    workspace = Workspace(tmp_path_factory.mktemp("eval") / "workspace")
+    shutil.copytree(prepared_workspace.root, workspace.root)
+    add_synthetic_rows(workspace)
+    return workspace
+
+
+@pytest.fixture(scope="session")
+def finished_experiment(eval_workspace, tmp_path_factory):
+    """Both arms, one seed, the tiny CNN at 64 px, run through the CLI on a copy of eval_workspace:
+    (workspace, the experiment's EvaluationFolder)."""
+    from evaluation_data import BODY
+    from mura_aug import cli
+    from mura_aug.workspace import Workspace
+
+    workspace = Workspace(tmp_path_factory.mktemp("experiment") / "workspace")
+    shutil.copytree(eval_workspace.root, workspace.root)
+    status = cli.main(["evaluate", "--workspace", str(workspace.root), "--arch", "tiny", "--image-size", "64",
+                       "--epochs", "6", "--seeds", "1", "--synth-ratio", "0.5", "--batch-size", "16",
+                       "--val-fraction", "0.2", "--patience", "8", "--n-boot", "200", "--workers", "0"])
+    assert status == 0
+    return workspace, workspace.evaluation(BODY, "tiny-64px-scratch")
+

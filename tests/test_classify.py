@@ -8,49 +8,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mura_aug.evaluate import stage as classify
+from evaluation_data import BODY, SYNTHETIC_PER_CLASS
+from mura_aug import cli
 from mura_aug.errors import UserError
+from mura_aug.evaluate import classifier, data, stage
+from mura_aug.evaluate.settings import EvalSettings
 from mura_aug.workspace import Workspace
 
-BODY = "XR_SHOULDER"
-SYNTHETIC_PER_CLASS = 12  # fakes added to the test workspace (copies of real training images)
+REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def eval_workspace(prepared_workspace, tmp_path_factory) -> Workspace:
-    """A prepared demo workspace (a private copy) plus synthetic rows, as stage 05 would add them."""
-    target = tmp_path_factory.mktemp("eval") / "workspace"
-    shutil.copytree(prepared_workspace.root, target)
-    workspace = Workspace(target)
-    train = pd.read_csv(workspace.tables / f"{BODY}_train.csv", dtype={"patient": str})
-    fakes = []
-    for cls in ("positive", "negative"):
-        folder = workspace.augmented_dir(cls, BODY)
-        folder.mkdir(parents=True, exist_ok=True)
-        for index, source_path in enumerate(train[train["class"] == cls]["path"].head(SYNTHETIC_PER_CLASS)):
-            path = folder / f"test-run_kimg000001.000_seed{index:06d}.png"
-            shutil.copyfile(workspace.root / source_path, path)
-            relative = path.relative_to(workspace.root).as_posix()
-            fakes.append({"path": relative, "filename": relative, "class": cls, "label": int(cls == "positive"),
-                          "patient": "synthetic", "study": "synthetic", "study_id": relative, "body_part": BODY,
-                          "split": "train", "view": "image1", "source": "synthetic", "run": "test-run",
-                          "kimg": 1.0, "seed": index, "psi": 1.0})
-    pd.concat([train, pd.DataFrame(fakes)]).to_csv(workspace.tables / f"{BODY}_train_augmented.csv", index=False)
-    return workspace
-
-
-@pytest.fixture(scope="module")
-def finished_experiment(eval_workspace, tmp_path_factory):
-    """Both arms, one seed, tiny CNN at 64 px, run through the CLI on a copy of the workspace."""
-    from mura_aug import cli
-
-    workspace = Workspace(tmp_path_factory.mktemp("experiment") / "workspace")
-    shutil.copytree(eval_workspace.root, workspace.root)
-    status = cli.main(["evaluate", "--workspace", str(workspace.root), "--arch", "tiny", "--image-size", "64",
-                       "--epochs", "6", "--seeds", "1", "--synth-ratio", "0.5", "--batch-size", "16",
-                       "--val-fraction", "0.2", "--patience", "8", "--n-boot", "200", "--workers", "0"])
-    assert status == 0
-    return workspace, workspace.results / "evaluation" / BODY / "tiny-64px-scratch"
+def evaluate(workspace, **settings):
+    """Stage 06 through its one entry point, as notebook 06 and the CLI call it."""
+    return stage.run_stage(workspace, EvalSettings(**{"body_part": BODY, **settings}), progress=False)
 
 
 def _copy(workspace: Workspace, tmp_path: Path) -> Workspace:
@@ -62,60 +32,60 @@ def _copy(workspace: Workspace, tmp_path: Path) -> Workspace:
 
 def test_patient_in_training_and_evaluation_raises(eval_workspace, tmp_path):
     workspace = _copy(eval_workspace, tmp_path)
-    valid_path = workspace.tables / f"{BODY}_valid.csv"
+    valid_path = workspace.table(BODY, "valid")
     valid = pd.read_csv(valid_path, dtype={"patient": str})
-    train = pd.read_csv(workspace.tables / f"{BODY}_train.csv", dtype={"patient": str})
+    train = pd.read_csv(workspace.table(BODY, "train"), dtype={"patient": str})
     valid.loc[0, "patient"] = train.loc[0, "patient"]  # one valid image now belongs to a training patient
     valid.to_csv(valid_path, index=False)
     with pytest.raises(UserError, match=f"both training and evaluation.*{train.loc[0, 'patient']}"):
-        classify.load_tables(workspace, BODY, need_synthetic=False)
+        data.load_tables(workspace, BODY, need_synthetic=False)
     with pytest.raises(UserError, match="both training and evaluation"):
-        classify.evaluate(workspace, BODY, arch="tiny", pretrained=False, image_size=32, epochs=1, seeds=1,
-                          arms=("baseline",), workers=0, progress=False)
+        evaluate(workspace, arch="tiny", pretrained=False, image_size=32, epochs=1, seeds=1, arms=("baseline",),
+                 workers=0)
 
 
 def test_synthetic_row_in_evaluation_table_raises(eval_workspace, tmp_path):
     workspace = _copy(eval_workspace, tmp_path)
-    augmented = pd.read_csv(workspace.tables / f"{BODY}_train_augmented.csv", dtype={"patient": str})
-    valid_path = workspace.tables / f"{BODY}_valid.csv"
+    augmented = pd.read_csv(workspace.augmented_table(BODY), dtype={"patient": str})
+    valid_path = workspace.table(BODY, "valid")
     fake = augmented[augmented["source"] == "synthetic"].head(1)
     pd.concat([pd.read_csv(valid_path), fake]).to_csv(valid_path, index=False)
     with pytest.raises(UserError, match="synthetic image.*reached"):
-        classify.load_tables(workspace, BODY, need_synthetic=True)
+        data.load_tables(workspace, BODY, need_synthetic=True)
 
 
 def test_internal_validation_is_patient_level_and_real_only(eval_workspace):
-    train, valid, synthetic = classify.load_tables(eval_workspace, BODY, need_synthetic=True)
+    train, valid, synthetic = data.load_tables(eval_workspace, BODY, need_synthetic=True)
     assert len(synthetic) == 2 * SYNTHETIC_PER_CLASS and (synthetic["source"] == "synthetic").all()
     assert (train["source"] == "real").all() and (valid["source"] == "real").all()
-    fit, val = classify.split_patients(train, 0.2, seed=3)
+    fit, val = data.split_patients(train, 0.2, seed=3)
     assert not set(fit["patient"]) & set(val["patient"])
     assert len(fit) + len(val) == len(train)
     assert set(val["label"]) == {0, 1} and set(fit["label"]) == {0, 1}
     with pytest.raises(UserError, match="both training and internal validation"):
-        classify.check_no_patient_overlap(fit, pd.concat([val, fit.head(1)]), "training", "internal validation")
+        data.check_no_patient_overlap(fit, pd.concat([val, fit.head(1)]), "training", "internal validation")
 
 
 def test_synthetic_ratio_is_capped_by_what_exists(eval_workspace):
-    _, _, synthetic = classify.load_tables(eval_workspace, BODY, need_synthetic=True)
-    few, wanted = classify.choose_synthetic(synthetic, n_real=10, synth_ratio=0.5, seed=0)
+    _, _, synthetic = data.load_tables(eval_workspace, BODY, need_synthetic=True)
+    few, wanted = data.choose_synthetic(synthetic, n_real=10, synth_ratio=0.5, seed=0)
     assert wanted == 5 and len(few) == 5
-    capped, wanted = classify.choose_synthetic(synthetic, n_real=100, synth_ratio=2.0, seed=0)
+    capped, wanted = data.choose_synthetic(synthetic, n_real=100, synth_ratio=2.0, seed=0)
     assert wanted == 200 and len(capped) == len(synthetic)
 
 
 def test_missing_augmented_table_says_run_synth(eval_workspace, tmp_path):
     workspace = _copy(eval_workspace, tmp_path)
-    (workspace.tables / f"{BODY}_train_augmented.csv").unlink()
+    workspace.augmented_table(BODY).unlink()
     with pytest.raises(UserError, match="synth"):
-        classify.evaluate(workspace, BODY, arch="tiny", pretrained=False, epochs=1, seeds=1, progress=False)
+        evaluate(workspace, arch="tiny", pretrained=False, epochs=1, seeds=1)
 
 
 # --- the experiment -------------------------------------------------------------------------------
 
 def test_short_cpu_run_learns_the_positive_sign(finished_experiment):
-    _, out_dir = finished_experiment
-    summary = json.loads((out_dir / "summary.json").read_text())
+    _, experiment = finished_experiment
+    summary = json.loads(experiment.summary.read_text())
     baseline = next(run for run in summary["runs"] if run["arm"] == "baseline")
     study = baseline["metrics"]["study@0.5"]
     # Chance is kappa 0; the hardware that marks abnormal demo studies is easy to see at 64 px.
@@ -127,36 +97,37 @@ def test_short_cpu_run_learns_the_positive_sign(finished_experiment):
 
 
 def test_synthetic_rows_only_in_training(finished_experiment):
-    workspace, out_dir = finished_experiment
-    runs = {run["run"]: run for run in json.loads((out_dir / "summary.json").read_text())["runs"]}
+    workspace, experiment = finished_experiment
+    runs = {run["run"]: run for run in json.loads(experiment.summary.read_text())["runs"]}
     augmented, baseline = runs["augmented-x0.5-seed0"], runs["baseline-seed0"]
     assert baseline["n_train_synthetic"] == 0
     assert augmented["n_synthetic_requested"] == round(0.5 * augmented["n_train_real"])
     assert augmented["n_train_synthetic"] == min(augmented["n_synthetic_requested"], 2 * SYNTHETIC_PER_CLASS)
     for name in runs:
-        predictions = pd.read_csv(out_dir / "runs" / name / "predictions.csv")
+        predictions = pd.read_csv(experiment.run(name).predictions)
         assert set(predictions["part"]) == {"evaluation", "internal_validation"}
         assert not predictions["path"].str.contains("Augmented_Fakes").any()
-    valid = pd.read_csv(workspace.tables / f"{BODY}_valid.csv")
-    evaluated = pd.read_csv(out_dir / "runs" / "augmented-x0.5-seed0" / "predictions.csv")
+    valid = pd.read_csv(workspace.table(BODY, "valid"))
+    evaluated = pd.read_csv(experiment.run("augmented-x0.5-seed0").predictions)
     assert sorted(evaluated.loc[evaluated["part"] == "evaluation", "path"]) == sorted(valid["path"])
 
 
 def test_results_files_and_comparison(finished_experiment):
-    _, out_dir = finished_experiment
-    summary = json.loads((out_dir / "summary.json").read_text())
+    workspace, experiment = finished_experiment
+    summary = json.loads(experiment.summary.read_text())
     assert set(summary["arms"]) == {"baseline", "augmented"}
     kappa = next(c for c in summary["comparison"] if c["metric"] == "kappa" and c["threshold_rule"] == "0.5")
     assert kappa["within_noise"] == (kappa["baseline_ci"][0] <= kappa["augmented_ci"][1]
                                      and kappa["augmented_ci"][0] <= kappa["baseline_ci"][1])
     assert ("within noise" in kappa["verdict"]) == kappa["within_noise"]
-    table = pd.read_csv(out_dir / "comparison.csv")
+    table = pd.read_csv(experiment.comparison)
     assert {"arm", "metric", "mean_over_seeds", "ci_low", "ci_high"} <= set(table.columns)
     assert (table["ci_low"] <= table["mean_over_seeds"] + 1e-9).all()
-    runs_table = pd.read_csv(out_dir / "runs.csv")
+    runs_table = pd.read_csv(experiment.runs_table)
     assert set(runs_table["level"]) == {"study", "image"} and set(runs_table["threshold_rule"].astype(str)) == {
         "0.5", "tuned"}
-    assert (out_dir.parent / "comparison.csv").is_file()  # the latest experiment, where the series runner looks
+    latest = stage.latest_experiment_copy(workspace, BODY)  # where the series runner and people look first
+    assert json.loads(latest.summary.read_text()) == summary and latest.comparison.is_file()
     for run in summary["runs"]:
         assert 1 <= run["best_epoch"] <= run["epochs_run"] == len(run["history"]) == 6
 
@@ -164,40 +135,104 @@ def test_results_files_and_comparison(finished_experiment):
 def test_rerun_skips_finished_runs_and_more_epochs_continue(eval_workspace, tmp_path):
     workspace = _copy(eval_workspace, tmp_path)
     options = dict(arch="tiny", pretrained=False, image_size=32, seeds=1, arms=("baseline",), workers=0,
-                   early_stop_patience=5, n_boot=50, progress=False)
-    first = classify.evaluate(workspace, BODY, epochs=1, **options)
-    run_dir = workspace.results / "evaluation" / BODY / "tiny-32px-scratch" / "runs" / "baseline-seed0"
-    stamp = (run_dir / "result.json").stat().st_mtime_ns
-    classify.evaluate(workspace, BODY, epochs=1, **options)
-    assert (run_dir / "result.json").stat().st_mtime_ns == stamp  # finished: not trained again
-    second = classify.evaluate(workspace, BODY, epochs=2, **options)
+                   early_stop_patience=5, n_boot=50)
+    first = evaluate(workspace, epochs=1, **options)
+    result = workspace.evaluation(BODY, "tiny-32px-scratch").run("baseline-seed0").result
+    stamp = result.stat().st_mtime_ns
+    evaluate(workspace, epochs=1, **options)
+    assert result.stat().st_mtime_ns == stamp  # finished: not trained again
+    second = evaluate(workspace, epochs=2, **options)
     history = second["runs"][0]["history"]
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[0] == first["runs"][0]["history"][0]  # epoch 1 came from the checkpoint
     with pytest.raises(UserError, match="other settings.*batch_size"):
-        classify.evaluate(workspace, BODY, epochs=3, batch_size=4, **options)
+        evaluate(workspace, epochs=3, batch_size=4, **options)
 
 
-def test_bad_parameters_are_user_errors(eval_workspace):
-    for bad in ({"arch": "vgg"}, {"epochs": 0}, {"synth_ratio": -1}, {"arms": ("both",)}, {"image_size": 8}):
-        with pytest.raises(UserError):
-            classify.evaluate(eval_workspace, BODY, progress=False, **{"pretrained": False, **bad})
+@pytest.mark.parametrize("bad, named", [
+    ({"arch": "vgg"}, "ARCH"), ({"epochs": 0}, "EPOCHS"), ({"synth_ratio": -1}, "SYNTH_RATIO"),
+    ({"arms": ("both",)}, "ARMS"), ({"arms": ()}, "ARMS"), ({"image_size": 8}, "IMAGE_SIZE"),
+    ({"seeds": 0}, "SEEDS"), ({"seeds": [1, 1]}, "SEEDS"), ({"learning_rate": 0.0}, "LEARNING_RATE"),
+    ({"early_stop_patience": 0}, "EARLY_STOP_PATIENCE"), ({"n_boot": 5}, "N_BOOT"),
+    ({"body_part": "XR_KNEE"}, "body part"), ({"arch": "tiny", "pretrained": True}, "PRETRAINED"),
+])
+def test_bad_parameters_are_user_errors_naming_the_setting(eval_workspace, bad, named):
+    results = eval_workspace.evaluation_dir(BODY)
+    with pytest.raises(UserError, match=named):
+        evaluate(eval_workspace, **{"pretrained": False, **bad})
+    assert not results.exists()  # refused before anything was written
 
 
 def test_missing_workspace_is_not_created(tmp_path):
     missing = tmp_path / "typo"
     with pytest.raises(UserError, match="no prepared tables"):
-        classify.evaluate(missing, BODY, arch="tiny", pretrained=False, progress=False)
+        evaluate(missing, arch="tiny", pretrained=False)
     assert not missing.exists()
 
 
 def test_corrupt_image_names_the_file(eval_workspace, tmp_path):
     workspace = _copy(eval_workspace, tmp_path)
-    broken = pd.read_csv(workspace.tables / f"{BODY}_train.csv")["path"].iloc[3]
-    (workspace.root / broken).write_bytes(b"not a png")
+    broken = pd.read_csv(workspace.table(BODY, "train"))["path"].iloc[3]
+    workspace.absolute(broken).write_bytes(b"not a png")
     with pytest.raises(UserError, match=broken.split("/")[-1]):
-        classify.evaluate(workspace, BODY, arch="tiny", pretrained=False, image_size=32, epochs=1, seeds=1,
-                          arms=("baseline",), workers=0, progress=False)
+        evaluate(workspace, arch="tiny", pretrained=False, image_size=32, epochs=1, seeds=1, arms=("baseline",),
+                 workers=0)
+
+
+# --- settings: one name everywhere, stored results still recognised -------------------------------
+
+def test_command_line_and_notebook_parameters_give_the_same_settings():
+    parser = cli.build_parser("evaluate")
+    typed = ["--arch", "resnet50", "--image-size", "320", "--learning-rate", "3e-4", "--early-stop-patience", "5",
+             "--seeds", "2", "--arms", "baseline", "--no-pretrained", "--rotation-deg", "15"]
+    from_cli = EvalSettings.from_args(parser.parse_args(typed))
+    from_notebook = EvalSettings.from_parameters({
+        "ARCH": "resnet50", "IMAGE_SIZE": 320, "LEARNING_RATE": 3e-4, "EARLY_STOP_PATIENCE": 5, "SEEDS": 2,
+        "ARMS": ["baseline"], "PRETRAINED": False, "ROTATION_DEG": 15, "WORKSPACE": "not a setting"})
+    assert from_cli == from_notebook
+    assert from_cli.seed_values == [0, 1] and from_cli.arms == ("baseline",)
+    # the older flags are aliases of the same settings
+    old = EvalSettings.from_args(parser.parse_args([*typed[:4], "--lr", "3e-4", "--patience", "5", *typed[8:]]))
+    assert old == from_cli
+
+
+def test_a_list_of_seeds_is_used_as_given():
+    assert EvalSettings(seeds=[3, 4]).check().seed_values == [3, 4]
+    assert EvalSettings().check().seed_values == [0, 1, 2]
+
+
+def test_the_stored_names_of_a_run_are_those_finished_runs_carry():
+    # result.json and checkpoint.pt of every run made so far store exactly these names: a rename would make
+    # reruns of existing experiments refuse their runs instead of skipping them.
+    assert EvalSettings(arch="tiny", pretrained=False, image_size=64, batch_size=16).fingerprint() == {
+        "arch": "tiny", "pretrained": False, "image_size": 64, "batch_size": 16, "learning_rate": 1e-3,
+        "lr_patience": 0, "early_stop_patience": 3, "val_fraction": 0.1, "rotation_deg": 30.0}
+
+
+def test_a_rerun_under_the_new_names_skips_the_finished_runs(finished_experiment, tmp_path, capsys):
+    workspace = _copy(finished_experiment[0], tmp_path)
+    experiment = workspace.evaluation(BODY, "tiny-64px-scratch")
+    results = {name: experiment.run(name).result for name in ("baseline-seed0", "augmented-x0.5-seed0")}
+    stamps = {name: path.stat().st_mtime_ns for name, path in results.items()}
+    stored = json.loads(results["baseline-seed0"].read_text())["settings"]
+    # made by the fixture with --patience 8 and the default learning rate; rerun with the settings' own names
+    status = cli.main(["evaluate", "--workspace", str(workspace.root), "--arch", "tiny", "--image-size", "64",
+                       "--epochs", "6", "--seeds", "1", "--synth-ratio", "0.5", "--batch-size", "16",
+                       "--val-fraction", "0.2", "--early-stop-patience", "8", "--learning-rate", "1e-3",
+                       "--n-boot", "200", "--workers", "0"])
+    assert status == 0, capsys.readouterr().err
+    evaluate(workspace, arch="tiny", pretrained=False, image_size=64, epochs=6, seeds=1, synth_ratio=0.5,
+             batch_size=16, val_fraction=0.2, early_stop_patience=8, n_boot=200, workers=0)
+    assert {name: path.stat().st_mtime_ns for name, path in results.items()} == stamps  # nothing retrained
+    assert stored["early_stop_patience"] == 8 and stored["learning_rate"] == 1e-3
+
+
+def test_docs_parameter_table_is_the_settings_table():
+    from mura_aug.settings import TABLE_END, TABLE_START
+
+    page = (REPO / "docs" / "stage_06_evaluate.md").read_text()
+    start = TABLE_START.format(name="EvalSettings")
+    assert page.split(start, 1)[1].split(TABLE_END, 1)[0].strip() == EvalSettings.markdown_table()
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -206,7 +241,7 @@ def test_corrupt_image_names_the_file(eval_workspace, tmp_path):
 def test_models_have_one_logit(arch):
     import torch
 
-    model = classify.build_model(arch, pretrained=False).eval()
+    model = classifier.build_model(arch, pretrained=False).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 1)
 
@@ -221,4 +256,4 @@ def test_offline_pretrained_download_says_what_to_do(monkeypatch):
 
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
     with pytest.raises(UserError, match="--no-pretrained"):
-        classify.build_model("densenet169", pretrained=True, progress=False)
+        classifier.build_model("densenet169", pretrained=True)

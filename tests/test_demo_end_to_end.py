@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_runs_the_whole_series_and_prints_the_comparison(tmp_path):
-    missing = [name for name in series.SERIES if name not in series.find_notebooks_or_empty()]
+    missing = [name for name in series.SERIES if name not in series.find_notebooks()]
     assert not missing, f"notebooks missing from notebooks/: {', '.join(missing)}"
     workspace = tmp_path / "demo"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MPLBACKEND": "Agg"}

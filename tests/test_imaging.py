@@ -122,7 +122,7 @@ def test_paths_are_read_and_a_missing_file_is_a_problem(tmp_path):
     assert open_image(path).size == (64, 48) and open_image(str(path)).mode == "L"
     with pytest.raises(ImageProblem, match="missing"):
         open_image(tmp_path / "nope.png")
-    # classify guards image reads with (OSError, ValueError): ImageProblem must be one of them
+    # stage 06 (evaluate.data.open_rgb) guards image reads with (OSError, ValueError): ImageProblem must be one
     assert issubclass(ImageProblem, ValueError)
 
 

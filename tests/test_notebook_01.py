@@ -8,6 +8,7 @@ import nbformat
 import pytest
 
 from mura_aug.notebooks import nbtools
+from mura_aug.prepare.settings import PrepareSettings
 from mura_aug.prepare.stage import load_table
 from mura_aug.workspace import Workspace
 
@@ -23,8 +24,16 @@ def test_notebook_is_stored_clean_with_the_contract_parameters():
     assert nbtools.lint_notebook(NOTEBOOK) == []
     declared = papermill.inspect_notebook(str(NOTEBOOK))  # papermill must parse every line itself
     assert set(declared) == set(PARAMETER_NAMES) == set(nbtools.read_parameters(NOTEBOOK))
-    assert declared["MURA_PATH"]["default"] == '""' and declared["RESOLUTION"]["default"] == "256"
+    assert declared["MURA_PATH"]["default"] == "None" and declared["RESOLUTION"]["default"] == "256"
     assert all(len(c.source.splitlines()) <= 15 for c in nb.cells if c.cell_type == "code")
+
+
+def test_notebook_parameters_are_the_stage_settings_with_their_defaults():
+    parameters = {name: info["default"] for name, info in nbtools.read_parameters(NOTEBOOK).items()}
+    assert parameters.pop("WORKSPACE") is None  # the one parameter that is not a setting of the stage
+    assert list(parameters) == PrepareSettings.notebook_names()
+    for name, default in parameters.items():
+        assert default == PrepareSettings.notebook_default_of(name.lower()), name
 
 
 def count_images(executed: Path) -> int:
@@ -34,8 +43,7 @@ def count_images(executed: Path) -> int:
 
 
 @pytest.mark.parametrize("as_zip", [False, True], ids=["generated-folder", "zip"])
-def test_papermill_runs_notebook_01_on_demo_data(as_zip, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(NOTEBOOK.parent.parent))
+def test_papermill_runs_notebook_01_on_demo_data(as_zip, tmp_path):
     workspace = tmp_path / "ws"
     mura_path = ""
     if as_zip:

@@ -14,16 +14,15 @@ GOOD_PARAMETERS = ('WORKSPACE = None  # workspace folder (None: Drive in Colab, 
 
 @pytest.mark.parametrize("name", series.SERIES)
 def test_committed_notebook_is_clean(name):
-    committed = series.find_notebooks_or_empty()
-    if name not in committed:
-        pytest.skip(f"notebooks/{name}.ipynb is not written yet")
+    committed = series.find_notebooks()
+    assert name in committed, f"{nbtools.NOTEBOOKS_DIR / name}.ipynb is missing"
     assert nbtools.lint_notebook(committed[name]) == []
     assert "WORKSPACE" in nbtools.read_parameters(committed[name])
 
 
-def test_no_stray_notebooks_outside_the_series():
-    committed = series.find_notebooks_or_empty()
-    assert set(committed) <= set(series.SERIES)
+def test_the_notebooks_folder_holds_the_series_and_nothing_else():
+    stored = sorted(path.stem for path in nbtools.NOTEBOOKS_DIR.glob("*.ipynb"))
+    assert stored == sorted(series.SERIES)
 
 
 def _write(tmp_path, nb, name="check.ipynb"):
@@ -56,6 +55,7 @@ def test_outputs_and_execution_counts_are_caught(tmp_path):
     ('import os  # nope\n', "only `NAME = literal  # comment` lines"),
     ('print("x")  # nope\n', "only `NAME = literal  # comment` lines"),
     ('', "assigns nothing"),
+    ('KIMG = 2  # thousands of images; 0 = none\n', "line 1 holds more than one '='"),
 ])
 def test_parameters_cell_must_be_commented_literals(tmp_path, parameters, expected):
     path = _write(tmp_path, nbtools.build_notebook("# Title", parameters, []))

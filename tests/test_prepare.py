@@ -6,7 +6,6 @@ import io
 import json
 import shutil
 import stat
-import time
 import zipfile
 from pathlib import Path
 
@@ -18,13 +17,19 @@ from PIL import Image
 from mura_aug import cli
 from mura_aug.prepare import stage as prepare_module
 from mura_aug.errors import UserError
-from mura_aug.prepare.stage import load_table, prepare
+from mura_aug.prepare.settings import PrepareSettings
+from mura_aug.prepare.stage import load_table, run_stage
 from mura_aug.workspace import Workspace
 
 BODY = "XR_SHOULDER"
 RES = 32  # TEST_RESOLUTION of conftest.py
 TABLE_COLUMNS = ["path", "filename", "class", "label", "patient", "study", "study_id", "body_part", "split",
                  "view", "source"]
+
+
+def prepare(mura, workspace, **settings):
+    """Stage 01 through its one entry point, as notebook 01 and the CLI call it."""
+    return run_stage(workspace, PrepareSettings(mura_path=mura, **settings), progress=False)
 
 
 def demo_members(demo_mura: Path, split: str):
@@ -122,14 +127,11 @@ def test_rerun_with_same_parameters_does_no_work(prepared_workspace, demo_mura, 
     before = {**file_stamps(ws.root, "data/images"), **file_stamps(ws.root, "data/datasets")}
     tables_before = {name: Workspace(ws).table(BODY, name).stat().st_mtime_ns for name in ("train", "valid")}
     counter = TaskCounter(monkeypatch)
-    clock = time.perf_counter()
-    summary = prepare(demo_mura, ws, resolution=RES, workers=1, progress=False)
-    seconds = time.perf_counter() - clock
+    summary = prepare(demo_mura, ws, resolution=RES, workers=1)
     assert counter.tasks == []
     assert {**file_stamps(ws.root, "data/images"), **file_stamps(ws.root, "data/datasets")} == before
     assert {name: Workspace(ws).table(BODY, name).stat().st_mtime_ns for name in ("train", "valid")} == tables_before
     assert summary["copies"]["copied"] == 0 and not any(d["rebuilt"] for d in summary["datasets"].values())
-    assert seconds < 2.0
 
 
 def test_changed_resolution_rebuilds_only_the_datasets(prepared_workspace, demo_mura, copy_workspace, monkeypatch):
@@ -138,8 +140,7 @@ def test_changed_resolution_rebuilds_only_the_datasets(prepared_workspace, demo_
     old_zip = Workspace(ws).dataset_zip(BODY, "positive", RES)
     old_zip_stamp = old_zip.stat().st_mtime_ns
     counter = TaskCounter(monkeypatch)
-    summary = prepare(demo_mura, ws, resolution=16, fit="crop", crop_borders=True, contrast=True, workers=1,
-                      progress=False)
+    summary = prepare(demo_mura, ws, resolution=16, fit="crop", crop_borders=True, contrast=True, workers=1)
     assert counter.tasks and counter.copies == []  # every task renders a dataset member from an existing copy
     assert file_stamps(ws.root, "data/images") == images_before
     assert old_zip.stat().st_mtime_ns == old_zip_stamp  # the 32 px dataset stays usable
@@ -148,8 +149,7 @@ def test_changed_resolution_rebuilds_only_the_datasets(prepared_workspace, demo_
         assert Image.open(io.BytesIO(archive.read(member))).size == (16, 16)
     assert summary["datasets"]["negative"]["why"] == "not built yet"
     # one option changed at the same resolution: rebuilt again, because the parameters differ
-    again = prepare(demo_mura, ws, resolution=16, fit="crop", crop_borders=True, contrast=False, workers=1,
-                    progress=False)
+    again = prepare(demo_mura, ws, resolution=16, fit="crop", crop_borders=True, contrast=False, workers=1)
     assert again["datasets"]["positive"]["why"] == "parameters changed"
 
 
@@ -157,18 +157,18 @@ def test_interrupted_run_keeps_finished_copies_and_no_partial_zip(demo_mura, tmp
     ws = Workspace(tmp_path / "ws")
     counter = TaskCounter(monkeypatch, stop_after=20)
     with pytest.raises(KeyboardInterrupt):
-        prepare(demo_mura, ws, resolution=16, workers=1, progress=False)
+        prepare(demo_mura, ws, resolution=16, workers=1)
     assert not list(ws.datasets.glob("*.zip")) and not list(ws.datasets.glob(".*tmp"))
     counter.tasks.clear()
     counter.stop_after = None
-    prepare(demo_mura, ws, resolution=16, workers=1, progress=False)
+    prepare(demo_mura, ws, resolution=16, workers=1)
     total = sum(len(demo_members(demo_mura, split)) for split in ("train", "valid"))
     assert len(counter.copies) == total - 20  # the first 20 copies were kept
 
 
 def test_two_workers_give_the_same_result_as_one(demo_mura, prepared_workspace, tmp_path):
     ws = Workspace(tmp_path / "ws")
-    prepare(demo_mura, ws, resolution=RES, workers=2, progress=False)
+    prepare(demo_mura, ws, resolution=RES, workers=2)
     for cls in ("positive", "negative"):
         one = Workspace(prepared_workspace).dataset_zip(BODY, cls, RES).read_bytes()
         assert Workspace(ws).dataset_zip(BODY, cls, RES).read_bytes() == one  # same members, same order, same bytes
@@ -226,7 +226,7 @@ def test_bad_files_are_skipped_with_reasons_and_odd_ones_converted(demo_mura, tm
     shutil.copytree(demo_mura, mura)
     planted = plant_bad_files(mura)
     ws = Workspace(tmp_path / "ws")
-    summary = prepare(mura, ws, resolution=16, workers=1, progress=False)
+    summary = prepare(mura, ws, resolution=16, workers=1)
 
     skipped = load_table(ws, BODY, "skipped_files")
     reasons = dict(zip(skipped["path"], skipped["reason"]))
@@ -253,7 +253,7 @@ def test_bad_files_are_skipped_with_reasons_and_odd_ones_converted(demo_mura, tm
     assert members == len(train)
 
     # a rerun does not decode the broken files again, and reports the same
-    again = prepare(mura, ws, resolution=16, workers=1, progress=False)
+    again = prepare(mura, ws, resolution=16, workers=1)
     assert again["copies"]["copied"] == 0 and again["skipped"] == summary["skipped"]
 
 
@@ -265,7 +265,7 @@ def test_source_is_only_read(demo_mura, tmp_path):
     for path in [*mura.rglob("*"), mura]:
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     try:
-        prepare(mura, Workspace(tmp_path / "ws"), resolution=16, workers=1, progress=False)
+        prepare(mura, Workspace(tmp_path / "ws"), resolution=16, workers=1)
         after = {p: (p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
                  for p in mura.rglob("*") if p.is_file()}
         assert after == before
@@ -280,8 +280,8 @@ def test_zip_source_gives_the_same_tables_as_the_folder(tmp_path):
     folder = make_demo_mura(tmp_path / "f", patients=6, seed=3)
     zipped = make_demo_mura(tmp_path / "z", patients=6, seed=3, as_zip=True)
     a, b = Workspace(tmp_path / "wa"), Workspace(tmp_path / "wb")
-    prepare(folder, a, resolution=16, workers=1, progress=False)
-    summary = prepare(zipped, b, resolution=16, workers=1, progress=False)
+    prepare(folder, a, resolution=16, workers=1)
+    summary = prepare(zipped, b, resolution=16, workers=1)
     assert summary["source_kind"] == "zip"
     for name in ("train", "valid"):
         assert Workspace(a).table(BODY, name).read_text() == Workspace(b).table(BODY, name).read_text()
@@ -297,7 +297,7 @@ def test_a_class_without_usable_train_images_is_a_user_error(demo_mura, tmp_path
     ws = Workspace(tmp_path / "ws")
     for attempt in range(2):  # the second time from the remembered state, without decoding again
         with pytest.raises(UserError, match="no usable XR_SHOULDER train images of class positive"):
-            prepare(mura, ws, resolution=16, workers=1, progress=False)
+            prepare(mura, ws, resolution=16, workers=1)
         skipped = load_table(ws, BODY, "skipped_files")  # written so the user can see why
         assert (skipped["reason"] == "empty file (0 bytes)").sum() == sum("_positive/" in n for n in
                                                                           demo_members(mura, "train"))
@@ -306,7 +306,7 @@ def test_a_class_without_usable_train_images_is_a_user_error(demo_mura, tmp_path
 
 def test_wrong_mura_path_and_bad_parameters_are_user_errors(tmp_path, demo_mura):
     with pytest.raises(UserError, match="does not exist"):
-        prepare(tmp_path / "nowhere", tmp_path / "ws", resolution=16, workers=1, progress=False)
+        prepare(tmp_path / "nowhere", tmp_path / "ws", resolution=16, workers=1)
     for kwargs, match in (({"resolution": 100}, "power of two"), ({"resolution": 2048}, "power of two"),
                           ({"fit": "stretch"}, "fit"), ({"workers": 0}, "workers"),
                           ({"body_part": "XR_KNEE"}, "body part")):
@@ -314,21 +314,68 @@ def test_wrong_mura_path_and_bad_parameters_are_user_errors(tmp_path, demo_mura)
             prepare(demo_mura, tmp_path / "ws", **{"resolution": 16, "workers": 1, **kwargs})
 
 
-# --- CLI ------------------------------------------------------------------------------------------
+# --- settings and the CLI ------------------------------------------------------------------------
+
+def test_an_empty_mura_path_generates_the_demo_tree_into_the_workspace(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    summary = prepare("", ws, resolution=16, workers=1, demo_patients=6)
+    assert summary["mura_path"] == str(ws.demo_source / "MURA-v1.1")
+    assert summary["images"]["train"]["total"] > 0
+    assert PrepareSettings(mura_path="").check() == PrepareSettings(mura_path=None).check()
+
+
+def test_command_line_and_notebook_parameters_give_the_same_settings(demo_mura):
+    parser = cli.build_parser("prepare")
+    typed = ["--mura-path", str(demo_mura), "--body-part", "shoulder", "--resolution", "64", "--fit", "crop",
+             "--crop-borders", "--workers", "2"]
+    from_cli = PrepareSettings.from_args(parser.parse_args(typed))
+    from_notebook = PrepareSettings.from_parameters({
+        "MURA_PATH": str(demo_mura), "BODY_PART": "SHOULDER", "RESOLUTION": 64, "FIT": "crop", "CROP_BORDERS": True,
+        "WORKERS": 2, "WORKSPACE": "ignored: not a setting"})
+    assert from_cli == from_notebook
+    assert from_cli.body_part == BODY and from_cli.contrast is False and from_cli.worker_count() == 2
+    # the flag's old spelling still works
+    assert PrepareSettings.from_args(parser.parse_args(["--mura", str(demo_mura), *typed[2:]])) == from_cli
+
+
+def test_docs_parameter_table_is_the_settings_table():
+    from mura_aug.settings import TABLE_END, TABLE_START
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "stage_01_prepare.md").read_text()
+    start = TABLE_START.format(name="PrepareSettings")
+    assert page.split(start, 1)[1].split(TABLE_END, 1)[0].strip() == PrepareSettings.markdown_table()
+
 
 def test_cli_refuses_a_bad_resolution(demo_mura, tmp_path, capsys):
     status = cli.main(["prepare", "--mura", str(demo_mura), "--workspace", str(tmp_path / "ws"),
                        "--resolution", "100", "--no-progress"])
     assert status == 2
     error = capsys.readouterr().err
-    assert "resolution=100" in error and "power of two" in error
-    assert not (tmp_path / "ws" / "data" / "datasets").exists() or not list((tmp_path / "ws").rglob("*.zip"))
+    assert "RESOLUTION = 100 px" in error and "power of two" in error
+    assert not (tmp_path / "ws").exists()
+
+
+def test_cli_needs_a_mura_path_and_makes_no_demo_data(tmp_path, capsys):
+    status = cli.main(["prepare", "--workspace", str(tmp_path / "ws"), "--no-progress"])
+    assert status == 2
+    assert "No MURA path was given" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
 
 
 def test_cli_prints_a_summary(prepared_workspace, demo_mura, copy_workspace, capsys):
     ws = copy_workspace(prepared_workspace)
-    status = cli.main(["prepare", "--mura", str(demo_mura), "--workspace", str(ws.root), "--resolution",
+    status = cli.main(["prepare", "--mura-path", str(demo_mura), "--workspace", str(ws.root), "--resolution",
                        str(RES), "--workers", "1", "--no-progress"])
     assert status == 0
     out = capsys.readouterr().out
     assert "train:" in out and "kept (up to date)" in out and "skipped: none" in out
+
+
+def test_make_demo_data_cli_writes_a_zip(tmp_path, capsys):
+    status = cli.main(["make-demo-data", "--out", str(tmp_path), "--patients", "3", "--seed", "2", "--zip"])
+    assert status == 0
+    assert f"demo MURA written: {tmp_path / 'MURA-v1.1.zip'}" in capsys.readouterr().out
+    with zipfile.ZipFile(tmp_path / "MURA-v1.1.zip") as archive:
+        assert "MURA-v1.1/train_image_paths.csv" in archive.namelist()
+    assert cli.main(["make-demo-data", "--patients", "3"]) == 2
+    assert "--out DIR" in capsys.readouterr().err

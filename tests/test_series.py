@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+import mura_aug
+from evaluation_data import BODY
 from mura_aug import cli
+from mura_aug.errors import UserError
+from mura_aug.evaluate import stage
 from mura_aug.notebooks import nbtools, series
 from mura_aug.workspace import Workspace
-from mura_aug.errors import UserError
 
 # Every test notebook records the parameters it ran with into <WORKSPACE>/ran_<name>.json.
 RECORD_CELL = '''import json, pathlib
@@ -192,9 +196,8 @@ def test_demo_refuses_a_folder_with_other_files_and_reuses_its_own(tmp_path):
 
 
 def test_demo_parameters_validate_against_the_committed_notebooks(tmp_path):
-    available = {name: path for name, path in series.find_notebooks_or_empty().items() if name in series.SERIES}
-    if not available:
-        pytest.skip("no committed notebooks yet")
+    available = series.find_notebooks()
+    assert set(available) == set(series.SERIES)
     workspace = series.demo_workspace(tmp_path / "demo")
     merged = series.demo_parameters(available, workspace)
     assert set(merged) == set(available)
@@ -210,48 +213,45 @@ def test_demo_with_missing_notebooks_says_which(toy_series, tmp_path):
             ["--notebooks-dir", str(toy_series), "--workspace", str(tmp_path / "demo")]))
 
 
-def test_comparison_table_shows_stage_06_summary_with_intervals_and_verdicts(tmp_path):
-    workspace = series.Workspace(tmp_path)
-    experiment = workspace.results / "evaluation" / "XR_SHOULDER" / "tiny-64px-scratch"
-    experiment.mkdir(parents=True)
-    comparison = [{"metric": "kappa", "threshold_rule": "0.5", "baseline": 0.41, "augmented": 0.47,
-                   "baseline_ci": [0.30, 0.52], "augmented_ci": [0.36, 0.58], "difference": 0.06,
-                   "difference_ci": [-0.02, 0.14], "within_noise": True, "verdict": "kappa: within noise"},
-                  {"metric": "auc", "threshold_rule": "0.5", "baseline": 0.80, "augmented": 0.95,
-                   "baseline_ci": [0.75, 0.85], "augmented_ci": [0.91, 0.99], "difference": 0.15,
-                   "difference_ci": [0.08, 0.2], "within_noise": False, "verdict": "AUC: augmented is better"}]
-    (experiment / "summary.json").write_text(json.dumps({"comparison": comparison,
-                                                         "verdict": [c["verdict"] for c in comparison]}))
-    (experiment / "comparison.csv").write_text("arm,metric\nbaseline,kappa\n")
-    table = series.comparison_table(workspace, "XR_SHOULDER")
-    lines = table.splitlines()
-    assert lines[0] == f"({experiment / 'summary.json'})"
-    kappa_row = next(line for line in lines if line.startswith("kappa"))
-    assert "0.410 [0.300, 0.520]" in kappa_row and "+0.060 [-0.020, +0.140]" in kappa_row
-    assert kappa_row.rstrip().endswith("yes")
-    assert next(line for line in lines if line.startswith("  auc")).rstrip().endswith("no")
-    assert lines[-2:] == ["  - kappa: within noise", "  - AUC: augmented is better"]
+def test_the_comparison_is_read_from_what_stage_06_wrote(finished_experiment):
+    workspace, _ = finished_experiment
+    latest = stage.latest_experiment_copy(workspace, BODY)
+    summary = json.loads(latest.summary.read_text())
+    lines = stage.latest_comparison_text(workspace, BODY).splitlines()
+    assert lines[0] == f"({latest.summary})"
+    assert summary["comparison"]
+    for entry in summary["comparison"]:
+        row = next(line.strip() for line in lines
+                   if line.strip().startswith(f"{entry['metric']} (threshold {entry['threshold_rule']})"))
+        low, high = entry["baseline_ci"]
+        assert f"{entry['baseline']:.3f} [{low:.3f}, {high:.3f}]" in row
+        low, high = entry["difference_ci"]
+        assert f"{entry['difference']:+.3f} [{low:+.3f}, {high:+.3f}]" in row
+        assert row.endswith("yes" if entry["within_noise"] else "no")
+    assert lines[-len(summary["verdict"]):] == [f"  - {verdict}" for verdict in summary["verdict"]]
 
 
-@pytest.mark.parametrize("filename, content, expected", [
-    ("comparison.csv", "arm,kappa,auc\nbaseline,0.41,0.80\naugmented,0.45,0.82\n", ["augmented", "0.45"]),
-    ("summary.json", json.dumps({"comparison": [{"arm": "baseline", "kappa": {"mean": 0.4}},
-                                                {"arm": "augmented", "kappa": {"mean": 0.5}}]}),
-     ["kappa.mean", "augmented", "0.5"]),
-    ("results.json", json.dumps({"arms": {"baseline": {"kappa": 0.3}, "augmented": {"kappa": 0.35}}}),
-     ["baseline", "0.35"]),
-])
-def test_comparison_table_reads_what_stage_06_wrote(tmp_path, filename, content, expected):
-    workspace = series.Workspace(tmp_path)
-    assert series.comparison_table(workspace, "XR_SHOULDER") is None
-    folder = workspace.results / "evaluation" / "XR_SHOULDER"
-    folder.mkdir(parents=True)
-    (folder / "broken.json").write_text("{not json")
-    (folder / filename).write_text(content)
-    table = series.comparison_table(workspace, "XR_SHOULDER")
-    assert table is not None and filename in table
-    for text in expected:
-        assert text in table
+def test_no_comparison_before_stage_06_and_a_damaged_summary_is_named(finished_experiment, tmp_path):
+    assert stage.latest_comparison_text(Workspace(tmp_path / "empty"), BODY) is None
+    workspace = Workspace(tmp_path / "ws")
+    shutil.copytree(finished_experiment[0].root, workspace.root)
+    damaged = stage.latest_experiment_copy(workspace, BODY).summary
+    damaged.write_text(damaged.read_text()[:100])  # cut short, as a hand edit or a broken copy would
+    with pytest.raises(UserError, match="cannot be read") as info:
+        stage.latest_comparison_text(workspace, BODY)
+    assert str(damaged) in info.value.problem and "python -m mura_aug evaluate" in info.value.fix
+
+
+def test_a_notebook_kernel_imports_this_very_package(tmp_path, monkeypatch):
+    # without PYTHONPATH the kernel would import whatever mura_aug is installed (or try pip in the setup cell)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    nb = nbtools.build_notebook("# Which mura_aug", "WORKSPACE = None  # where to write\n", [
+        'import pathlib, mura_aug\npathlib.Path(WORKSPACE, "package.txt").write_text(mura_aug.__file__)'])
+    source = nbtools.write_notebook(tmp_path / "01_which.ipynb", nb)
+    nbtools.execute_notebook(source, tmp_path / "out.ipynb", parameters={"WORKSPACE": str(tmp_path)})
+    imported = Path((tmp_path / "package.txt").read_text()).resolve()
+    assert imported == (nbtools.PACKAGE_PARENT / "mura_aug" / "__init__.py").resolve()
+    assert imported.parent == Path(mura_aug.__file__).resolve().parent
 
 
 def test_a_dying_kernel_is_reported_as_such_and_the_executed_copy_kept(tmp_path):
@@ -278,19 +278,24 @@ def test_papermill_false_alarms_about_declared_parameters_are_dropped(tmp_path, 
     assert not [m for m in messages if "MAX_MINUTES" in m or m.startswith("Unable to parse")]
 
 
-def test_demo_runs_its_notebooks_in_its_own_workspace_and_ends_with_the_comparison(tmp_path, capsys):
+def test_demo_runs_its_notebooks_in_its_own_workspace_and_ends_with_the_comparison(finished_experiment, tmp_path,
+                                                                                   capsys):
     import yaml
 
     demo_settings = yaml.safe_load(series.DEMO_PARAMS_FILE.read_text())
+    real_summary = stage.latest_experiment_copy(finished_experiment[0], BODY).summary
     folder = tmp_path / "notebooks"
-    # stand-ins for notebooks 01 and 06 declaring the names demo_params.yaml gives them
+    # stand-ins for notebooks 01 and 06 declaring the names demo_params.yaml gives them; 06 puts a real
+    # stage-06 summary where stage 06 writes it
     for number, name, body in [
         ("01", "01_prepare", ""),
         ("06", "06_densenet_eval",
-         'folder = pathlib.Path(WORKSPACE, "results", "evaluation", BODY_PART)\n'
-         'folder.mkdir(parents=True)\n'
-         '(folder / "summary.json").write_text(json.dumps({"comparison": [{"metric": "kappa", '
-         '"threshold_rule": "0.5", "baseline": 0.5, "augmented": 0.25, "within_noise": True}]}))')]:
+         "import shutil\n"
+         "from mura_aug.evaluate import stage\n"
+         "from mura_aug.workspace import Workspace\n"
+         "target = stage.latest_experiment_copy(Workspace(WORKSPACE), BODY_PART).summary\n"
+         "target.parent.mkdir(parents=True)\n"
+         f"shutil.copyfile({str(real_summary)!r}, target)")]:
         names = [key for key in demo_settings[number] if key not in ("STEPS", "BODY_PART")]
         if number == "01":
             names.append("MURA_PATH")
@@ -307,4 +312,7 @@ def test_demo_runs_its_notebooks_in_its_own_workspace_and_ends_with_the_comparis
     assert json.loads((workspace / "ran_06_densenet_eval.json").read_text())["ARCH"] == demo_settings["06"]["ARCH"]
     assert f"executed notebooks                 {workspace / 'results' / 'notebooks'}" in out
     table = out[out.index("Baseline vs augmented (stage 06):"):]
-    assert "kappa (threshold 0.5)" in table and "0.500" in table and "0.250" in table
+    kappa = next(entry for entry in json.loads(real_summary.read_text())["comparison"]
+                 if entry["metric"] == "kappa" and entry["threshold_rule"] == "0.5")
+    assert "kappa (threshold 0.5)" in table and f"{kappa['augmented']:.3f} [" in table
+    assert out.index("Baseline vs augmented") > out.index("[2/2] 06_densenet_eval")

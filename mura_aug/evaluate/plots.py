@@ -1,12 +1,13 @@
-"""Figures and tables of stage 06, drawn from the files `classify.evaluate` wrote (no retraining).
+"""Figures and tables of stage 06, drawn from the files `stage.run_stage` wrote (no retraining).
 
-Every function takes the summary dict (`classify.evaluate(...)` or `classify.load_summary(...)`) and, where
-per-image predictions are needed, the experiment folder. Arms keep one colour throughout.
+Every function takes the summary dict (`stage.run_stage(...)` or `stage.load_summary(...)`) and, where
+per-image predictions are needed, the experiment folder (`stage.experiment_folder(...)`). Arms keep one colour
+throughout.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Union
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def plot_training_curves(summary: Dict[str, object]):
     return figure
 
 
-def plot_roc_curves(summary: Dict[str, object], out_dir: Path):
+def plot_roc_curves(summary: Dict[str, object], experiment: Union[EvaluationFolder, Path]):
     """Study-level ROC on MURA valid: one thin line per seed, coloured by arm; AUC in the legend."""
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -47,7 +48,7 @@ def plot_roc_curves(summary: Dict[str, object], out_dir: Path):
 
     figure, axis = plt.subplots(figsize=(5, 5))
     for run in summary["runs"]:
-        predictions = pd.read_csv(EvaluationFolder(out_dir).run(run["run"]).predictions, dtype={"study_id": str})
+        predictions = pd.read_csv(EvaluationFolder(experiment).run(run["run"]).predictions, dtype={"study_id": str})
         studies = study_metrics.aggregate_studies(predictions[predictions["part"] == "evaluation"])
         false_positive_rate, true_positive_rate, _ = roc_curve(studies["label"], studies["probability"])
         auc = run["metrics"]["study@0.5"]["auc"]

@@ -16,13 +16,20 @@ from mura_aug.errors import UserError
 
 REPO_URL = "https://github.com/mura-aug/mura_aug"
 NOTEBOOKS_DIR = Path(__file__).resolve().parent  # the .ipynb files are package data beside this module
+PACKAGE_PARENT = NOTEBOOKS_DIR.parent.parent  # the folder that holds mura_aug/ (a checkout, or site-packages)
 
-# The first cell of every notebook: in Colab it installs the package (from the repository) when missing.
+# The first cell of every notebook: in Colab it installs the package (from the repository) when missing, and it
+# imports what the annotations of the parameters cell need (a cell of literals only cannot import).
 SETUP_CELL = f'''# Setup: works in Colab, local Jupyter and papermill. In Colab it installs mura_aug when it is missing;
 # Google Drive is mounted by the first call that needs the workspace.
-import importlib.util, subprocess, sys
+import importlib.util
+import subprocess
+import sys
+from typing import Optional  # the parameters cell's annotations use it
+
 if importlib.util.find_spec("mura_aug") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+{REPO_URL}"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+{REPO_URL}"],
+                   check=True)
 %matplotlib inline'''
 
 Cell = Union[str, Dict[str, str]]  # "code" source, or {"markdown": text} / {"code": src} / {"parameters": src}
@@ -157,7 +164,7 @@ def _fix_for(exc: BaseException) -> str:
         return "use smaller settings (BATCH, RESOLUTION, IMAGE_SIZE) or a machine with more memory, then rerun."
     if name in ("CellTimeoutError", "TimeoutError"):
         return "raise the time limit or use smaller settings, then rerun (finished work is kept)."
-    return "check that the notebook file is a valid .ipynb (regenerate it with its tools/make_notebook_*.py)."
+    return "check that the notebook file is a valid .ipynb (restore it from git if it was damaged)."
 
 
 @contextlib.contextmanager
@@ -204,9 +211,8 @@ def _kernel_imports_this_package():
     The kernel is a separate process; without this it would import whatever `mura_aug` is installed (or,
     finding none, the setup cell would try to pip-install one from the internet).
     """
-    package_parent = str(Path(__file__).resolve().parent.parent)
     previous = os.environ.get("PYTHONPATH")
-    parts = [package_parent] + ([previous] if previous else [])
+    parts = [str(PACKAGE_PARENT)] + ([previous] if previous else [])
     os.environ["PYTHONPATH"] = os.pathsep.join(parts)
     try:
         yield
@@ -255,10 +261,12 @@ def read_notebook(path: Union[str, os.PathLike]):
     try:
         return nbformat.read(str(path), as_version=4)
     except FileNotFoundError:
-        raise UserError(f"The notebook {path} does not exist.", "Check the path (notebooks live in notebooks/).")
+        raise UserError(f"The notebook {path} does not exist.",
+                        "Check the path (the series lives in mura_aug/notebooks/).")
     except Exception as exc:
         raise UserError(f"The notebook {path} cannot be read as a Jupyter notebook ({type(exc).__name__}: {exc}).",
-                        "Regenerate it with its tools/make_notebook_*.py script, or restore it from git.") from None
+                        "Restore it from git (git checkout -- <notebook>), or open and save it again in Jupyter.") \
+            from None
 
 
 def parameters_cells(nb) -> List[int]:
@@ -317,7 +325,7 @@ def read_parameters(path: Union[str, os.PathLike]) -> Dict[str, dict]:
     tagged = parameters_cells(nb)
     if len(tagged) != 1:
         raise UserError(f"The notebook {path} has {len(tagged)} cells tagged 'parameters' (it needs exactly one).",
-                        "Regenerate it with its tools/make_notebook_*.py script.")
+                        "Tag exactly one code cell `parameters` (in Jupyter: View > Cell toolbar > Tags).")
     try:
         return parse_parameters_source(nb.cells[tagged[0]].source)
     except ValueError as exc:
@@ -330,7 +338,7 @@ def lint_notebook(path: Union[str, os.PathLike]) -> List[str]:
 
     Clean means: no outputs and no execution counts; the first code cell is the setup cell (it installs
     mura_aug when missing); exactly one cell tagged `parameters`, holding only literal assignments, each
-    with a comment.
+    with a comment, and each readable by papermill's own parser too (one '=' per line).
     """
     nb = read_notebook(path)
     problems = []
@@ -356,4 +364,14 @@ def lint_notebook(path: Union[str, os.PathLike]) -> List[str]:
                     problems.append("the parameters cell assigns nothing")
                 problems += [f"parameters cell: {name} (line {info['line']}) has no comment"
                              for name, info in parameters.items() if not info["comment"]]
+                problems += [f"parameters cell: line {number} holds more than one '=' (papermill then cannot read "
+                             "it: write its comment without '=')"
+                             for number in _lines_papermill_cannot_read(cell.source)]
     return problems
+
+
+def _lines_papermill_cannot_read(source: str) -> List[int]:
+    """Line numbers (1-based) of code lines with more than one '=': papermill's own reader of the parameters
+    cell skips such a line, so `papermill --help-notebook` and its parameter checks miss that name."""
+    return [number for number, line in enumerate(source.splitlines(), start=1)
+            if line.strip() and not line.lstrip().startswith("#") and line.count("=") > 1]

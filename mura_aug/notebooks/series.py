@@ -3,7 +3,7 @@
     python -m mura_aug demo [--workspace DIR] [--only 01,02] [--keep-going]
     python -m mura_aug notebooks [--only 02,04] [--params FILE.yaml] [--workspace DIR] [--output-dir DIR]
 
-Both execute the committed notebooks (notebooks/01_prepare.ipynb ... 06_densenet_eval.ipynb) with papermill,
+Both execute the committed notebooks (mura_aug/notebooks/01_prepare.ipynb ... 06_densenet_eval.ipynb) with papermill,
 in order, each with the parameters merged from a YAML file:
 
     common:            # passed to every notebook whose parameters cell declares the name
@@ -17,12 +17,12 @@ at the first failing notebook (unless --keep-going) and shows its cell and error
 it finished before, so a rerun after a failure or a disconnect is cheap.
 
 The demo runs the same code with the tiny CPU settings of `demo_params.yaml` (next to this file) on
-generated MURA-like data, in a workspace of its own, and prints the stage-06 comparison table at the end.
+generated MURA-like data, in a workspace of its own, and ends with the stage-06 comparison, as stage 06
+itself reads it from what it wrote (`mura_aug.evaluate.stage.latest_comparison_text`).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import time
@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from mura_aug.notebooks import nbtools
 from mura_aug.errors import UserError
+from mura_aug.notebooks import nbtools
 from mura_aug.workspace import CLASSES, Workspace, atomic_write_json, resolve_workspace
 
 # The series in the order it runs; data flows from each notebook to the later ones.
@@ -60,14 +60,6 @@ def find_notebooks(notebooks_dir: Optional[PathLike] = None) -> Dict[str, Path]:
         raise UserError(f"No numbered notebooks (01_*.ipynb, 02_*.ipynb, ...) in {folder}.",
                         "Pass --notebooks-dir with the folder that holds them.")
     return found
-
-
-def find_notebooks_or_empty(notebooks_dir: Optional[PathLike] = None) -> Dict[str, Path]:
-    """Like `find_notebooks`, but {} where there are none (for checks that skip until notebooks exist)."""
-    try:
-        return find_notebooks(notebooks_dir)
-    except UserError:
-        return {}
 
 
 def notebook_key(token: Union[str, int], available: Iterable[str]) -> str:
@@ -459,7 +451,9 @@ def run_demo(args: argparse.Namespace) -> int:
     _echo(f"\nTotal: {format_seconds(time.perf_counter() - started)}.\n")
     body_part = _demo_body_part(parameters)
     _echo(where_everything_is(workspace, body_part, output_dir))
-    table = comparison_table(workspace, body_part)
+    from mura_aug.evaluate.stage import latest_comparison_text  # stage 06's own reader of what it wrote
+
+    table = latest_comparison_text(workspace, body_part)
     if table:
         _echo(f"\nBaseline vs augmented (stage 06):\n{table}")
     if not result.ok:
@@ -499,116 +493,3 @@ def where_everything_is(workspace: Workspace, body_part: str, notebooks_dir: Pat
         counts = {cls: len(list(workspace.augmented_dir(cls, body_part).glob("*.png"))) for cls in CLASSES}
         lines.append(f"  {'synthetic images per class':<34} {counts}")
     return "\n".join(lines)
-
-
-# Stage 06 writes results/evaluation/<BODY>/<experiment>/summary.json (and comparison.csv); its
-# `comparison` list (augmented minus baseline per metric, with intervals and a verdict) is what is shown.
-# Other summary files, in that folder or directly under <BODY>/, are the fallback, most specific first.
-SUMMARY_FILE = "summary.json"
-FALLBACK_FILES = ("comparison.csv", "summary.csv", "comparison.json")
-
-
-def comparison_table(workspace: Workspace, body_part: str = "XR_SHOULDER") -> Optional[str]:
-    """The stage-06 comparison as text, from the newest summary file it wrote (None when there is none)."""
-    folder = workspace.evaluation_dir(body_part)
-    if not folder.is_dir():
-        return None
-    folders = sorted([folder] + [p for p in folder.iterdir() if p.is_dir()],
-                     key=lambda p: -max((f.stat().st_mtime for f in p.glob("*.*")), default=0.0))
-    for experiment in folders:
-        summary = experiment / SUMMARY_FILE
-        if summary.is_file():
-            text = _comparison_from_summary(summary)
-            if text:
-                return f"({summary})\n{text}"
-    for experiment in folders:
-        candidates = [experiment / name for name in FALLBACK_FILES + (SUMMARY_FILE,) if (experiment / name).is_file()]
-        candidates += sorted((p for p in experiment.glob("*") if p.suffix in (".csv", ".json")
-                              and p not in candidates and not p.name.startswith(".")),
-                             key=lambda p: (-p.stat().st_mtime, p.name))
-        for path in candidates:
-            text = _table_text(path)
-            if text:
-                return f"({path})\n{text}"
-    return None
-
-
-def _comparison_from_summary(path: Path) -> Optional[str]:
-    """Stage 06's summary.json as a small table: baseline, augmented and their difference with 95% intervals."""
-    import pandas as pd
-
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        rows = []
-        for entry in summary.get("comparison") or []:
-            rows.append({
-                "metric": f"{entry['metric']} (threshold {entry.get('threshold_rule', '')})",
-                "baseline": _with_interval(entry["baseline"], entry.get("baseline_ci")),
-                "augmented": _with_interval(entry["augmented"], entry.get("augmented_ci")),
-                "augmented - baseline": _with_interval(entry.get("difference"), entry.get("difference_ci"),
-                                                       signed=True),
-                "within noise": "yes" if entry.get("within_noise") else "no",
-            })
-    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-        return None  # not the format this reader knows: the generic fallback shows it
-    if not rows:
-        return None
-    lines = [pd.DataFrame(rows).to_string(index=False)]
-    verdicts = [v for v in summary.get("verdict") or [] if isinstance(v, str)]
-    lines += [f"  - {verdict}" for verdict in verdicts]
-    return "\n".join(lines)
-
-
-def _with_interval(value, interval, signed: bool = False) -> str:
-    if not isinstance(value, (int, float)):
-        return ""
-    number = "{:+.3f}" if signed else "{:.3f}"
-    if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(isinstance(v, (int, float))
-                                                                           for v in interval):
-        return f"{number.format(value)} [{number.format(interval[0])}, {number.format(interval[1])}]"
-    return number.format(value)
-
-
-def _table_text(path: Path) -> Optional[str]:
-    import pandas as pd
-
-    try:
-        if path.suffix == ".csv":
-            frame = pd.read_csv(path)
-        else:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            rows = _rows_from_json(data)
-            if rows is None:
-                return None
-            frame = pd.DataFrame(rows)
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None  # a half-written or foreign file: try the next one
-    if frame.empty:
-        return None
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
-        return frame.to_string(index=False)
-
-
-def _rows_from_json(data) -> Optional[list]:
-    """A list of flat records from a results JSON: a list of dicts, or the first such list under a key."""
-    if isinstance(data, list) and data and all(isinstance(item, dict) for item in data):
-        return [_flat(item) for item in data]
-    if isinstance(data, dict):
-        for key in ("comparison", "summary", "table", "arms", "rows"):
-            if key in data:
-                rows = _rows_from_json(data[key])
-                if rows is not None:
-                    return rows
-                if isinstance(data[key], dict) and data[key] and all(isinstance(v, dict) for v in data[key].values()):
-                    return [{"name": name, **_flat(values)} for name, values in data[key].items()]
-    return None
-
-
-def _flat(record: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        elif not isinstance(value, list):
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -15,7 +15,6 @@ Deterministic per seed: the same arguments give byte-identical files.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -31,8 +30,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mura_aug.errors import UserError
+from mura_aug.prepare.mura import BODY_PARTS, DEFAULT_BODY_PART
 
-BODY_PARTS = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
+DEFAULT_PATIENTS = 60  # patients per body part: about 300 images, a minute of stage 01 on a laptop
 MARKER_FILE = ".mura_aug_demo.json"  # written at the tree's root so a rerun with the same arguments is instant
 VALID_FRACTION = 0.2  # share of each body part's patients that go to the valid split
 POSITIVE_FRACTION = 0.5  # share of studies that are abnormal
@@ -224,8 +224,8 @@ def csv_texts(images: Sequence[DemoImage]) -> dict:
     return texts
 
 
-def make_demo_mura(out_dir: Union[str, os.PathLike], patients: int = 60, seed: int = 0,
-                   body_parts: Sequence[str] = ("XR_SHOULDER",), as_zip: bool = False,
+def make_demo_mura(out_dir: Union[str, os.PathLike], patients: int = DEFAULT_PATIENTS, seed: int = 0,
+                   body_parts: Sequence[str] = (DEFAULT_BODY_PART,), as_zip: bool = False,
                    progress: bool = False) -> Path:
     """Write a demo MURA-v1.1 tree into `out_dir` and return the `MURA-v1.1` folder (or the zip file).
 
@@ -274,7 +274,7 @@ def _check_arguments(patients: int, body_parts: Sequence[str]) -> Tuple[str, ...
                         f"Use one or more of {', '.join(BODY_PARTS)}, or 'all'.")
     if int(patients) < 2:
         raise UserError(f"patients={patients} is too few: train and valid each need at least one patient.",
-                        "Use --patients 2 or more (60 gives about 300 images).")
+                        f"Use --patients 2 or more ({DEFAULT_PATIENTS} gives about 300 images).")
     return parts
 
 
@@ -334,22 +334,3 @@ def _write_zip(target: Path, files: dict, pngs, marker: bytes) -> None:
                 archive.writestr(member, data, compress_type=zipfile.ZIP_STORED)
             archive.writestr("MURA-v1.1/" + MARKER_FILE, marker)
         tmp.chmod(0o644)  # the temporary file is private; the finished zip is an ordinary data file
-
-
-# --- CLI ------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="folder to write MURA-v1.1/ (or MURA-v1.1.zip) into")
-    parser.add_argument("--patients", type=int, default=60,
-                        help="patients per body part, about 5 images each (default 60)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default 0)")
-    parser.add_argument("--body-parts", nargs="+", default=["XR_SHOULDER"],
-                        help=f"body parts to draw, or 'all' (default XR_SHOULDER); choices: {' '.join(BODY_PARTS)}")
-    parser.add_argument("--zip", action="store_true", help="write MURA-v1.1.zip instead of a folder")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = make_demo_mura(args.out, patients=args.patients, seed=args.seed, body_parts=args.body_parts,
-                          as_zip=args.zip, progress=True)
-    print(f"demo MURA written: {path}")
-    return 0

@@ -33,8 +33,8 @@ def plot_class_counts(summary: dict):
     positions = np.arange(len(splits))
     for offset, cls in zip((-width / 2, width / 2), CLASSES):
         counts = [summary["images"][split][cls] for split in splits]
-        bars = ax.bar(positions + offset, counts, width, label=f"{cls} ({'abnormal' if cls == 'positive' else 'normal'})",
-                      color=CLASS_COLOURS[cls])
+        meaning = "abnormal" if cls == "positive" else "normal"
+        bars = ax.bar(positions + offset, counts, width, label=f"{cls} ({meaning})", color=CLASS_COLOURS[cls])
         ax.bar_label(bars, padding=2, fontsize=8)
     ax.set_xticks(positions, splits)
     ax.set_ylabel("images")

@@ -1,8 +1,10 @@
 """Stage 01: index MURA, copy one body part's images into the workspace, build the GAN datasets.
 
-    prepare(mura_path, workspace, body_part="XR_SHOULDER", resolution=256)
+    run_stage(workspace, PrepareSettings(mura_path=..., body_part="XR_SHOULDER", resolution=256))
 
-reads MURA (the folder, its parent or the original zip; never written) and writes, in the workspace:
+is the one entry point (notebook 01 and `python -m mura_aug prepare` both call it). It reads MURA (the
+folder, its parent or the original zip; never written), or without a `mura_path` a demo tree it
+generates into <workspace>/demo, and writes, in the workspace:
   data/images/{positive,negative}/BODY_<split>_<patient>_<study>_<view>.png   copies of every train and valid
         image (byte copies of plain PNGs, others converted to 8-bit grey PNG)
   data/tables/BODY_{train,valid,train_positive,train_negative}.csv            one row per usable image
@@ -18,7 +20,6 @@ crop_borders or contrast rebuilds only the datasets.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from mura_aug.errors import UserError
+from mura_aug.prepare.settings import PrepareSettings
 from mura_aug.workspace import (CLASSES, SKIPPED_TABLE, TABLE_NAMES, Workspace, atomic_path, atomic_write_bytes,
                                 atomic_write_json, atomic_write_text, resolve_workspace)
 
@@ -38,7 +40,6 @@ PathLike = Union[str, os.PathLike]
 TABLE_COLUMNS = ["path", "filename", "class", "label", "patient", "study", "study_id", "body_part", "split",
                  "view", "source"]
 SKIPPED_COLUMNS = ["path", "reason"]
-RESOLUTIONS = tuple(2 ** n for n in range(4, 11))  # 16 ... 1024 px: StyleGAN2 needs a power of two
 DATASET_PNG_COMPRESS_LEVEL = 4  # zlib level of dataset members: near level 6's size at about half the time
 STATE_VERSION = 1
 DATASET_FORMAT = "mura_aug.dataset"
@@ -69,41 +70,6 @@ def load_summary(workspace, body_part: str) -> dict:
     if not path.is_file():
         raise UserError(f"No prepare summary at {path}.", "Run stage 01 (python -m mura_aug prepare) first.")
     return json.loads(path.read_text())
-
-
-# --- parameter checks -------------------------------------------------------------------------------
-
-def check_resolution(resolution) -> int:
-    try:
-        value = int(str(resolution).strip()) if isinstance(resolution, str) else int(resolution)
-        exact = isinstance(resolution, str) or value == resolution  # 256.5 is not 256
-    except (TypeError, ValueError):
-        value, exact = None, False
-    if value is None or not exact or value not in RESOLUTIONS:
-        raise UserError(f"resolution={resolution!r} px is not a power of two between 16 and 1024.",
-                        f"Use one of {', '.join(map(str, RESOLUTIONS))} (256 as in the original work; 32 or 64 "
-                        "for quick CPU runs).")
-    return value
-
-
-def check_workers(workers) -> int:
-    if workers is None:
-        return max(1, os.cpu_count() or 1)
-    try:
-        value = int(workers)
-    except (TypeError, ValueError):
-        value = 0
-    if value < 1 or value != workers:
-        raise UserError(f"workers={workers!r} is not a positive whole number.",
-                        "Use None (one process per CPU core), 1 (no extra processes) or another count.")
-    return value
-
-
-def check_body_part(body_part: str) -> str:
-    """'XR_SHOULDER' from 'XR_SHOULDER', 'xr_shoulder' or 'SHOULDER' (mura.check_body_part)."""
-    from mura_aug.prepare.mura import check_body_part as check
-
-    return check(body_part)
 
 
 # --- the work done per image (in worker processes or in-process) -------------------------------------
@@ -344,46 +310,20 @@ def _plan_dataset(workspace: Workspace, body_part: str, cls: str, settings: Data
 
 # --- the stage ------------------------------------------------------------------------------------
 
-
-
-def mura_path_or_demo(mura_path: Optional[PathLike], workspace, demo_patients: int = 60,
-                      progress: bool = True) -> Path:
-    """`mura_path` itself, or for "" / None a generated demo MURA tree in <workspace>/demo (made once).
-
-    demo_patients: patients in the generated tree (about 5 images each).
-    """
-    if mura_path is not None and str(mura_path).strip() != "":
-        return Path(mura_path).expanduser()
-    from mura_aug.prepare.demo_data import make_demo_mura
-
-    workspace = resolve_workspace(workspace)
-    return make_demo_mura(workspace.demo_source, patients=int(demo_patients), progress=progress)
-
-
-def prepare(mura_path: PathLike, workspace, body_part: str = "XR_SHOULDER", resolution: int = 256,
-            fit: str = "pad", crop_borders: bool = False, contrast: bool = False, workers: Optional[int] = None,
-            progress: bool = True) -> dict:
+def run_stage(workspace, settings: PrepareSettings, progress: bool = True) -> dict:
     """Stage 01 (see the module docstring); returns the summary that it also writes as JSON.
 
-    mura_path: MURA-v1.1 folder, its parent, or MURA-v1.1.zip. resolution: side of the GAN datasets in px
-    (power of two, 16-1024). fit: 'pad' or 'crop' (see imaging.preprocess). crop_borders: cut black film
-    borders first. contrast: percentile contrast stretch. workers: processes (None = one per CPU core, 1 = no
-    extra processes).
+    workspace: a Workspace or its folder (None: Google Drive in Colab, ./workspace elsewhere).
+    progress: show a progress bar.
     """
-    from mura_aug.imaging import check_fit
     from mura_aug.prepare.mura import index_mura, open_mura
 
-    started = time.perf_counter()
-    resolution = check_resolution(resolution)
-    fit = check_fit(fit)
-    body_part = check_body_part(body_part)
-    workers = check_workers(workers)
-    if mura_path is None or str(mura_path).strip() == "":
-        raise UserError("No MURA path was given.",
-                        "Pass the MURA-v1.1 folder, its parent or MURA-v1.1.zip (or generate demo data with "
-                        "python -m mura_aug make-demo-data --out DIR).")
+    settings = settings.replace()  # a checked copy: the caller's object stays as it was
     workspace = resolve_workspace(workspace)
-    settings = DatasetSettings(resolution, fit, bool(crop_borders), bool(contrast))
+    mura_path = _mura_or_demo(workspace, settings, progress)
+    started = time.perf_counter()  # the summary's times are stage 01's own, without generating demo data
+    body_part, workers = settings.body_part, settings.worker_count()
+    dataset_settings = DatasetSettings(settings.resolution, settings.fit, settings.crop_borders, settings.contrast)
     seconds: Dict[str, float] = {}
 
     with open_mura(mura_path) as source:
@@ -403,12 +343,13 @@ def prepare(mura_path: PathLike, workspace, body_part: str = "XR_SHOULDER", reso
         if empty:
             _write_skipped(workspace, body_part, index.skipped, duplicates, rows)
             raise _no_train_images(empty, body_part, source.location, workspace, "in the index")
-        plans = {cls: _plan_dataset(workspace, body_part, cls, settings, rows) for cls in CLASSES}
+        plans = {cls: _plan_dataset(workspace, body_part, cls, dataset_settings, rows) for cls in CLASSES}
         seconds["check"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         try:
-            counts = _copy_and_build(rows, plans, settings, workspace, body_part, source, state, workers, progress)
+            counts = _copy_and_build(rows, plans, dataset_settings, workspace, body_part, source, state, workers,
+                                     progress)
         except _EmptyClass as exc:
             _write_skipped(workspace, body_part, index.skipped, duplicates, rows)
             raise _no_train_images(exc.cls, body_part, source.location, workspace,
@@ -422,11 +363,19 @@ def prepare(mura_path: PathLike, workspace, body_part: str = "XR_SHOULDER", reso
         seconds["tables"] = time.perf_counter() - clock
         seconds["total"] = time.perf_counter() - started
 
-        summary = _summary(source, index, mura_path, body_part, settings, workers, frames, skipped, plans, counts,
-                           seconds, workspace)
+        summary = _summary(source, index, mura_path, body_part, dataset_settings, workers, frames, skipped, plans,
+                           counts, seconds, workspace)
     atomic_write_json(workspace.prepare_summary(body_part), summary)
     return summary
 
+
+def _mura_or_demo(workspace: Workspace, settings: PrepareSettings, progress: bool) -> Path:
+    """settings.mura_path, or without one the demo MURA tree in <workspace>/demo (generated once)."""
+    if settings.mura_path is not None:
+        return Path(settings.mura_path).expanduser()
+    from mura_aug.prepare.demo_data import make_demo_mura
+
+    return make_demo_mura(workspace.demo_source, patients=settings.demo_patients, progress=progress)
 
 class _EmptyClass(Exception):
     """Raised inside the dataset writers so that no zip is kept when a class ends up with no images."""
@@ -673,30 +622,3 @@ def format_summary(summary: dict) -> str:
     lines.append(f"  time: {seconds['total']:.1f} s (" + ", ".join(
         f"{step} {value:.1f} s" for step, value in seconds.items() if step != "total") + ")")
     return "\n".join(lines)
-
-
-# --- CLI --------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mura", required=True, metavar="PATH",
-                        help="MURA-v1.1 folder, its parent folder, or MURA-v1.1.zip (only read, never written)")
-    parser.add_argument("--workspace", default=None, metavar="DIR",
-                        help="workspace folder (default: Google Drive in Colab, ./workspace elsewhere)")
-    parser.add_argument("--body-part", default="XR_SHOULDER", help="MURA body part (default XR_SHOULDER)")
-    parser.add_argument("--resolution", type=int, default=256,
-                        help="side of the GAN dataset images in px, a power of two 16-1024 (default 256)")
-    parser.add_argument("--fit", choices=("pad", "crop"), default="pad",
-                        help="pad: whole image with black bars (default); crop: fill the square, cut the long side")
-    parser.add_argument("--crop-borders", action="store_true", help="cut black film borders before resizing")
-    parser.add_argument("--contrast", action="store_true", help="percentile contrast stretch before resizing")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes (default: one per CPU core; 1 = none)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    summary = prepare(args.mura, args.workspace, body_part=args.body_part, resolution=args.resolution,
-                      fit=args.fit, crop_borders=args.crop_borders, contrast=args.contrast, workers=args.workers,
-                      progress=not args.no_progress)
-    print(format_summary(summary))
-    return 0

@@ -1,0 +1,92 @@
+"""The settings of stage 01 (`PrepareSettings`) and of the demo-data generator (`DemoDataSettings`).
+
+Each default is written once, here; the command line (`prepare/cli.py`), notebook 01's parameters cell and
+the parameter table of docs/stage_01_prepare.md are made from these declarations (see mura_aug.settings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import List, Optional
+
+from mura_aug.errors import UserError
+from mura_aug.imaging import FITS
+from mura_aug.prepare.demo_data import DEFAULT_PATIENTS
+from mura_aug.prepare.mura import BODY_PARTS, DEFAULT_BODY_PART, check_body_part
+from mura_aug.settings import StageSettings, check_resolution, flag_name, parameter_name, setting
+
+
+@dataclasses.dataclass
+class PrepareSettings(StageSettings):
+    """Every choice of stage 01. A rerun keeps the GAN datasets while the dataset options (resolution, fit,
+    crop_borders, contrast) and their input copies are unchanged; `workers` changes only the speed (the
+    outputs are byte-identical)."""
+
+    mura_path: Optional[str] = setting(
+        None, "MURA-v1.1 folder, the folder above it, or MURA-v1.1.zip; only read, never written. None or empty "
+        "(notebooks only; the command line needs a path): generate a MURA-shaped demo tree into <workspace>/demo "
+        "first", metavar="PATH", aliases=("--mura",))
+    body_part: str = setting(
+        DEFAULT_BODY_PART, f"MURA body part, one of {', '.join(BODY_PARTS)} (SHOULDER or xr_shoulder work too)")
+    resolution: int = setting(
+        256, "side of the square GAN dataset images: a power of two from 16 to 1024 (256 as in the original work, "
+        "32 for CPU demos)", unit="px")
+    fit: str = setting(
+        "pad", "pad: the whole X-ray scaled to fit the square, black bars, centred; crop: scaled to fill it, the "
+        "longer side cut", choices=FITS)
+    crop_borders: bool = setting(
+        False, "cut near-black film borders (rows and columns where the film did not fill the scan) before resizing")
+    contrast: bool = setting(
+        False, "stretch the 0.5th to 99.5th grey-level percentiles to 0-255 (after the border crop) before resizing")
+    workers: Optional[int] = setting(
+        None, "processes (spawned) decoding and encoding images; none: one per CPU core; 1: in the calling "
+        "process only")
+    demo_patients: int = setting(
+        DEFAULT_PATIENTS, "patients in the generated demo tree (about 5 images each); used only without a MURA_PATH",
+        cli=False)
+
+    def check(self) -> "PrepareSettings":
+        super().check()
+        given = "" if self.mura_path is None else os.fspath(self.mura_path).strip()
+        self.mura_path = given or None  # "" (a YAML file, an older notebook) means the same as None
+        self.body_part = check_body_part(self.body_part)
+        self.resolution = check_resolution(self.resolution, parameter_name("resolution"))
+        if self.workers is not None:
+            self.workers = _whole_number_at_least(1, "workers", self.workers,
+                                                  "Use none (one process per CPU core), 1 (no extra processes) "
+                                                  f"or another count ({flag_name('workers')} on the command "
+                                                  "line).")
+        self.demo_patients = _whole_number_at_least(2, "demo_patients", self.demo_patients,
+                                                    "Use 2 or more: train and valid each need a patient.")
+        return self
+
+    def worker_count(self) -> int:
+        """The number of processes in use: `workers`, or one per CPU core."""
+        return self.workers if self.workers is not None else max(1, os.cpu_count() or 1)
+
+
+@dataclasses.dataclass
+class DemoDataSettings(StageSettings):
+    """`python -m mura_aug make-demo-data`: a MURA-v1.1-shaped tree of generated radiographs."""
+
+    out: Optional[str] = setting(None, "folder to write MURA-v1.1/ (or MURA-v1.1.zip) into", metavar="DIR",
+                                 notebook=False)
+    patients: int = setting(DEFAULT_PATIENTS, "patients per body part, about 5 images each", notebook=False)
+    seed: int = setting(0, "random seed: the same seed gives byte-identical files", notebook=False)
+    body_parts: List[str] = setting([DEFAULT_BODY_PART], f"body parts to draw ({' '.join(BODY_PARTS)}), or all",
+                                    notebook=False)
+    as_zip: bool = setting(False, "write MURA-v1.1.zip instead of a folder", notebook=False, aliases=("--zip",))
+
+    def check(self) -> "DemoDataSettings":
+        super().check()
+        if not self.out:
+            raise UserError("No output folder was given for the demo data.",
+                            f"Pass {flag_name('out')} DIR (a new folder; existing MURA data is never overwritten).")
+        return self
+
+
+def _whole_number_at_least(low: int, name: str, value, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < low:
+        raise UserError(f"{parameter_name(name)} = {value!r} is not a whole number of at least {low}.",
+                        fix)
+    return int(value)
