@@ -528,3 +528,28 @@ def test_cli_grid_mode_uses_the_run_resolution(synth_workspace, capsys):
     assert "4 tiles (0 written, 4 already there)" in capsys.readouterr().out
     assert cli.main(argv[:-3] + ["--no-progress"]) == 2
     assert "needs GRID_CLASS" in capsys.readouterr().err
+
+
+def test_a_table_write_that_fails_leaves_the_previous_table(synth_workspace, monkeypatch):
+    import errno
+    import os
+
+    ws = synth_workspace
+    stage.run_stage(ws, settings(n_per_class=2), progress=False, log=quiet)
+    table = ws.augmented_table("XR_SHOULDER")
+    previous = table.read_bytes()
+    real_replace = os.replace
+
+    def disk_full_for_the_table(src, dst, *args, **kwargs):
+        if os.fspath(dst) == os.fspath(table):
+            raise OSError(errno.ENOSPC, "No space left on device", os.fspath(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", disk_full_for_the_table)
+    with pytest.raises(UserError, match="is full"):
+        stage.run_stage(ws, settings(n_per_class=3), progress=False, log=quiet)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert table.read_bytes() == previous  # never a half-made table
+    assert not manifest.filters_finished(ws, "XR_SHOULDER")
+    assert "disk" in json.loads(ws.synth_summary("XR_SHOULDER").read_text())["filters"]["error"]
+    assert not list(table.parent.glob(f".{table.name}.*"))  # no temporary file left behind
