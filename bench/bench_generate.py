@@ -1,4 +1,4 @@
-"""Images per second of stage 05: generating alone, and generating + sharpening + saving, on this machine.
+"""Images per second of stage 05: generating alone, and generating + greying + sharpening + saving, on this machine.
 
 Networks are freshly initialised (speed does not depend on the weights): a tiny generator at 32 and 64 px
 (demo size) and, when mura_aug.gan.configs exists, the `auto` config at 32 px (and 256 px with --full).
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from mura_aug.synth import stage as synth  # noqa: E402
+from mura_aug.synth import generate, snapshots  # noqa: E402
 from mura_aug.workspace import Workspace  # noqa: E402
 
 TARGET_IMAGES = 10_000  # the original work's next step
@@ -45,15 +45,15 @@ def configurations(full: bool):
 
 
 def measure(G_kwargs: dict, images: int, batch: int, device: str) -> dict:
-    """img/s generating only, img/s generating + sharpening + saving (stage 05's path), KiB per PNG."""
+    """img/s generating only, img/s generating + greying + sharpening + saving (stage 05's path), KiB per PNG."""
     from mura_aug.gan.network_file import save_network_file
     from mura_aug.gan.networks import Generator
 
     torch.manual_seed(0)
     G = Generator(**G_kwargs).eval().to(device)
-    list(synth.generate_images(G, range(batch), batch_size=batch, device=device, progress=False))  # warm-up
+    list(generate.generate_images(G, range(batch), batch_size=batch, device=device, progress=False))  # warm-up
     started = time.perf_counter()
-    for _ in synth.generate_images(G, range(images), batch_size=batch, device=device, progress=False):
+    for _ in generate.generate_images(G, range(images), batch_size=batch, device=device, progress=False):
         pass  # images are produced lazily: consuming them is the measurement
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -62,12 +62,12 @@ def measure(G_kwargs: dict, images: int, batch: int, device: str) -> dict:
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as folder:  # the repository's disk
         workspace = Workspace(folder).ensure()
         run = f"XR_SHOULDER-positive-bench-{G_kwargs['img_resolution']}"
-        network = workspace.experiments / run / "network-000000.000kimg.pt"
+        network = workspace.run(run).network(0.0)
         save_network_file(network, G.cpu(), kimg=0.0, run=run, label="positive")
-        snapshot = synth.Snapshot(path=network, run=run, kimg=0.0, label="positive")
+        snapshot = snapshots.Snapshot(path=network, run=run, kimg=0.0, label="positive")
         timed = TimedGenerator(G.to(device), device)
         started = time.perf_counter()
-        synth.synthesize_class(workspace, snapshot, "positive", images, seed=0, batch_size=batch, device=device,
+        generate.synthesize_class(workspace, snapshot, "positive", images, seed=0, batch_size=batch, device=device,
                                progress=False, generator_cache={network: timed})
         full_s = time.perf_counter() - started
         saved_bytes = sum(p.stat().st_size for p in workspace.augmented_dir("positive").glob("*.png"))
@@ -124,7 +124,7 @@ def main() -> None:
         result["images"] = count
         rows.append((name, result))
         print(f"{name}: {result['generate_ips']:.1f} img/s generating, {result['full_ips']:.1f} img/s with "
-              f"sharpening + saving ({result['generator_share']:.0%} of it in the generator), "
+              f"greying + sharpening + saving ({result['generator_share']:.0%} of it in the generator), "
               f"{result['kb_per_image']:.1f} KiB/image", flush=True)
 
     lines = [
@@ -138,16 +138,17 @@ def main() -> None:
         "time inside the generator says what bounds a large batch of fakes: the generator (near 100 %) or "
         "sharpening and saving (well below).",
         "",
-        "| generator | images | generate only (img/s) | generate + sharpen + save (img/s) | share of that time in G "
-        f"| PNG size (KiB) | {TARGET_IMAGES:,} images (generate + save) |",
+        "| generator | images | generate only (img/s) | generate + grey + sharpen + save (img/s) "
+        f"| share of that time in G | PNG size (KiB) | {TARGET_IMAGES:,} images (generate + save) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, result in rows:
         lines.append(f"| {name} | {result['images']} | {result['generate_ips']:.1f} | {result['full_ips']:.1f} | "
                      f"{result['generator_share']:.0%} | {result['kb_per_image']:.1f} | "
                      f"{hms(TARGET_IMAGES / result['full_ips'])} |")
-    lines += ["", "Sharpening, PNG encoding and the atomic writes (two fsyncs per file) run in 4 threads beside the "
-              "generator; on 2 cores they compete with it for CPU, which is why the second column is lower. "
+    lines += ["", "Greying (stage 01's luma rule), sharpening, PNG encoding and the atomic writes (two fsyncs per "
+              "file) run in 4 threads beside the generator; on 2 cores they compete with it for CPU, which is why "
+              "the second column is lower. "
               "The share column is the part of the wall time spent inside G's forward calls.", "",
               f"Reproduce: `python bench/bench_generate.py --images {args.images} --batch {args.batch} "
               f"--device {args.device}{' --full' if args.full else ''}`", ""]

@@ -1,25 +1,16 @@
-"""Classroom widgets: the logic classes, and that each widget's callbacks update what it shows."""
+"""Classroom widgets: the logic classes, that each widget's callbacks update what it shows, and that all they
+show is grey."""
 from __future__ import annotations
 
 import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from mura_aug.synth import widgets
 from mura_aug.errors import UserError
-
-TINY_G = dict(z_dim=32, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs=dict(num_layers=2),
-              synthesis_kwargs=dict(channel_base=256, channel_max=32))
-
-
-def tiny_generator(c_dim=0, torch_seed=0):
-    from mura_aug.gan.networks import Generator
-
-    torch.manual_seed(torch_seed)
-    return Generator(c_dim=c_dim, **TINY_G).eval()
+from mura_aug.synth import generate, widgets
+from synth_helpers import add_tiny_run, grey, tiny_generator
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +20,15 @@ def explorer():
 
 
 def decode(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)))
+    """The pixels a widget shows; it shows nothing but 8-bit grey."""
+    image = Image.open(io.BytesIO(png))
+    assert image.mode == "L", f"a widget showed a {image.mode} image"
+    return np.asarray(image)
 
 
 def test_explorer_render_matches_generation_and_mixing(explorer):
-    from mura_aug.synth import stage as synth
-
     G = explorer.generators["positive"]
-    (_, direct), = synth.generate_images(G, [7], 0.6, device="cpu", progress=False)
+    (_, direct), = generate.generate_images(G, [7], 0.6, device="cpu", progress=False)
     image = explorer.render("positive", 7, psi=0.6)
     assert np.abs(image.astype(int) - direct.astype(int)).max() <= 1
     num_ws = explorer.num_ws("positive")
@@ -59,6 +51,9 @@ def test_explorer_widget_callbacks_update_the_image(explorer):
     box = widgets.explorer_widget(explorer)
     first = box.image.value
     assert decode(first).shape[0] >= 256  # upscaled for display
+    # what it shows is the grey (luma) of G's three channels, each pixel upscaled 8 x 8
+    shown = decode(first)[::8, ::8]
+    assert np.array_equal(shown, grey(explorer.render("positive", 0, 1.0)))
     box.seed.value = 5
     after_seed = box.image.value
     assert after_seed != first and "seed 5" in box.status.value
@@ -79,6 +74,25 @@ def _write_grid(path, value):
     Image.fromarray(np.full((20, 40, 3), value, np.uint8)).save(path)
 
 
+def test_snapshot_browser_shows_a_coloured_grid_grey(tmp_path):
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 30  # a tinted grid, as G's three channels may draw it
+    Image.fromarray(rgb).save(tmp_path / "fakes-000004.000kimg.png")
+    box = widgets.snapshot_browser_widget(widgets.SnapshotBrowser(tmp_path))
+    assert np.array_equal(decode(box.image.value), grey(rgb))
+
+
+def test_explorer_from_snapshots_loads_each_file_once(prepared_workspace, copy_workspace):
+    from mura_aug.synth import snapshots
+
+    ws = copy_workspace(prepared_workspace)
+    add_tiny_run(ws, "both", kimg=8.0)
+    explorer = widgets.GeneratorExplorer.from_snapshots(snapshots.find_snapshots(ws, "XR_SHOULDER"))
+    assert explorer.classes == ["positive", "negative"]
+    assert explorer.generators["positive"] is explorer.generators["negative"]
+    assert not np.array_equal(explorer.render("positive", 1), explorer.render("negative", 1))
+
+
 def test_snapshot_browser_orders_by_kimg_and_slider_switches(tmp_path):
     _write_grid(tmp_path / "fakes-000010.000kimg.png", 200)
     _write_grid(tmp_path / "fakes-000002.500kimg.png", 100)
@@ -93,12 +107,12 @@ def test_snapshot_browser_orders_by_kimg_and_slider_switches(tmp_path):
         widgets.SnapshotBrowser(tmp_path / "empty")
 
 
-def _write_images(folder, n, value, size):
+def _write_images(folder, n, value, size, mode="L"):
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         path = folder / f"img{i}.png"
-        Image.fromarray(np.full((size + 10, size), value, np.uint8)).save(path)
+        Image.fromarray(np.full((size + 10, size), value, np.uint8)).convert(mode).save(path)
         paths.append(path)
     return paths
 
@@ -118,7 +132,7 @@ def test_quiz_keeps_score(tmp_path):
 
 
 def test_quiz_widget_buttons_update_score(tmp_path):
-    real = _write_images(tmp_path / "real", 3, 50, 32)
+    real = _write_images(tmp_path / "real", 3, 50, 32, mode="RGB")  # shown grey all the same (decode checks)
     fake = _write_images(tmp_path / "fake", 3, 220, 32)
     quiz = widgets.RealFakeQuiz(real, fake, rounds=4, seed=0)
     box = widgets.quiz_widget(quiz)

@@ -1,4 +1,6 @@
-"""Figures of stage 05: sharpening before/after, real and fake grids per class, dropped fakes."""
+"""Figures of stage 05: sharpening before/after, real and fake grids per class, dropped fakes.
+
+Every image is shown as 8-bit grey, turned grey by stage 01's luma rule (`mura_aug.imaging.to_grey`)."""
 from __future__ import annotations
 
 import os
@@ -8,23 +10,25 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from mura_aug.imaging import to_grey
+from mura_aug.synth.generate import DEFAULT, grey_image, open_gray
+
 PathLike = Union[str, os.PathLike]
 
 
 def _gray(image: Union[PathLike, Image.Image, np.ndarray], size: Optional[int] = None) -> np.ndarray:
     if isinstance(image, np.ndarray):
-        image = Image.fromarray(image if image.ndim == 2 or image.shape[2] == 3 else image[:, :, 0])
+        image = grey_image(image)
     elif not isinstance(image, Image.Image):
-        from mura_aug.synth.stage import open_gray
-
         image = open_gray(image)
-    image = image.convert("L")
+    image = to_grey(image)
     if size is not None and image.size != (size, size):
         image = ImageOps.fit(image, (size, size), Image.BICUBIC)  # centre crop: real X-rays are not square
     return np.asarray(image)
 
 
-def plot_before_after(pairs: Sequence[tuple], title: str = "Sharpening (PIL Sharpness)", factor: float = 2.0):
+def plot_before_after(pairs: Sequence[tuple], title: str = "Sharpening (PIL Sharpness)",
+                      factor: float = DEFAULT.sharpen_factor):
     """Columns of (before, after) image pairs: the top row as generated, the bottom row sharpened."""
     import matplotlib.pyplot as plt
 
@@ -76,7 +80,7 @@ def plot_real_vs_fake(real: Dict[str, Sequence], fake: Dict[str, Sequence], cols
 
 
 def plot_dropped(workspace_root: PathLike, dropped, max_images: int = 8):
-    """The dropped fakes with why (a table of path, class, drop_reason, score from synth.filter_fakes)."""
+    """The dropped fakes with why (a table of path, class, drop_reason, score: `StageResult.dropped`)."""
     import matplotlib.pyplot as plt
 
     shown = dropped.head(max_images)

@@ -3,6 +3,8 @@
 Core ipywidgets only (they work in Colab without extensions). The logic of each widget is a plain class
 that can be tested without a browser; the `*_widget` functions only wire controls to it and return the
 assembled box (its controls are reachable as attributes, so tests and notebooks can drive it too).
+Every image a widget shows is 8-bit grey, made from G's three channels (and from the training grids) by stage
+01's luma rule, as stage 05 saves its fakes.
 """
 from __future__ import annotations
 
@@ -16,18 +18,19 @@ import numpy as np
 from PIL import Image
 
 from mura_aug.errors import UserError
-from mura_aug.workspace import CLASSES
+from mura_aug.imaging import to_grey
+from mura_aug.synth.generate import grey_image, open_gray
+from mura_aug.synth.grids import grid_kimg
+from mura_aug.workspace import CLASSES, RunFolder
 
 PathLike = Union[str, os.PathLike]
 DISPLAY_PX = 256  # width (pixels) the widgets show images at; small generators are upscaled
 
 
 def png_bytes(image: Union[Image.Image, np.ndarray], display_px: int = DISPLAY_PX) -> bytes:
-    """PNG bytes of an image, upscaled with nearest neighbour to `display_px` wide so small fakes are visible."""
-    if isinstance(image, np.ndarray):
-        from mura_aug.synth.stage import to_pil
-
-        image = to_pil(image)
+    """PNG bytes of an image in 8-bit grey, upscaled with nearest neighbour to `display_px` wide so small fakes
+    are visible."""
+    image = grey_image(image) if isinstance(image, np.ndarray) else to_grey(image)
     if image.width < display_px:
         scale = max(1, display_px // image.width)
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
@@ -43,6 +46,17 @@ class GeneratorExplorer:
 
     `generators`: {class: G} (one G may serve both classes if it is conditional) or a single G.
     """
+
+    @classmethod
+    def from_snapshots(cls, snapshots, device="cpu") -> "GeneratorExplorer":
+        """An explorer over the generators of {class: Snapshot} (stage 05's picks), each file loaded once."""
+        from mura_aug.gan.network_file import load_generator
+
+        loaded = {}  # a conditional run serves both classes: its G is loaded once
+        for snap in snapshots.values():
+            if snap.path not in loaded:
+                loaded[snap.path] = load_generator(snap.path, device=device)
+        return cls({name: loaded[snap.path] for name, snap in snapshots.items()}, device=device)
 
     def __init__(self, generators, device="cpu"):
         import torch
@@ -84,7 +98,7 @@ class GeneratorExplorer:
     def render(self, cls: str, seed: int, psi: float = 1.0, mix_seed: Optional[int] = None,
                crossover: Optional[int] = None, target_seed: Optional[int] = None,
                t: float = 0.0) -> np.ndarray:
-        """One image (HWC uint8).
+        """One image (HWC uint8, G's channels; `png_bytes` shows it grey).
 
         Interpolation: w moves from `seed` (t=0) to `target_seed` (t=1) in a straight line in W.
         Style mixing: layers from `crossover` on take their w from `mix_seed` (coarse layers keep pose and
@@ -151,13 +165,11 @@ def explorer_widget(explorer: GeneratorExplorer, display_px: int = DISPLAY_PX):
 # --- snapshot browser ---------------------------------------------------------------------------------------
 
 class SnapshotBrowser:
-    """The fakes grids of a run, in kimg order."""
+    """The fakes grids of a run, in kimg order, shown grey."""
 
     def __init__(self, run_dir: PathLike):
-        from mura_aug.synth.stage import grid_kimg
-
         self.run_dir = Path(run_dir)
-        grids = list(self.run_dir.glob("fakes*.png")) if self.run_dir.is_dir() else []
+        grids = RunFolder(self.run_dir).fakes_grids() if self.run_dir.is_dir() else []
         if not grids:
             raise UserError(f"No fakes*.png grids in {self.run_dir}.",
                             "Pick a run folder under data/experiments that has trained to its first snapshot.")
@@ -171,7 +183,8 @@ class SnapshotBrowser:
         return f"{self.kimgs[index]:g} kimg"
 
     def image_bytes(self, index: int) -> bytes:
-        return self.grids[index].read_bytes()
+        """PNG bytes of grid `index` in 8-bit grey (training saves its grids in G's three channels)."""
+        return png_bytes(open_gray(self.grids[index]), display_px=0)
 
 
 def snapshot_browser_widget(browser: SnapshotBrowser):
@@ -194,6 +207,13 @@ def snapshot_browser_widget(browser: SnapshotBrowser):
     box.children = [box.slider, box.image, box.caption]
     update()
     return box
+
+
+def snapshot_browsers(snapshots) -> dict:
+    """{run name: snapshot browser widget} for each run folder of {class: Snapshot} that has saved grids."""
+    folders = sorted({snap.path.parent for snap in snapshots.values()})
+    return {folder.name: snapshot_browser_widget(SnapshotBrowser(folder))
+            for folder in folders if RunFolder(folder).fakes_grids()}
 
 
 # --- real or fake? -----------------------------------------------------------------------------------------
@@ -240,8 +260,6 @@ class RealFakeQuiz:
     def current_image(self) -> Image.Image:
         """The current X-ray in grayscale at the fakes' size (real ones centre-cropped to the same shape)."""
         from PIL import ImageOps
-
-        from mura_aug.synth.stage import open_gray
 
         path, _ = self.current()
         image = open_gray(path)
