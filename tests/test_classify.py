@@ -81,6 +81,29 @@ def test_missing_augmented_table_says_run_synth(eval_workspace, tmp_path):
         evaluate(workspace, arch="tiny", pretrained=False, epochs=1, seeds=1)
 
 
+@pytest.mark.parametrize("damage", ["filters unfinished", "table edited", "no summary"])
+def test_a_table_whose_stage_05_filters_did_not_finish_is_refused(eval_workspace, tmp_path, damage):
+    workspace = _copy(eval_workspace, tmp_path)
+    summary_path = workspace.synth_summary(BODY)
+    if damage == "filters unfinished":  # what stage 05 records while (or when) its filters fail
+        summary = json.loads(summary_path.read_text())
+        summary["filters"].update(finished=False, error="the memorisation filter failed")
+        summary_path.write_text(json.dumps(summary))
+    elif damage == "table edited":  # a row added by hand after stage 05 wrote the table
+        table = workspace.augmented_table(BODY)
+        lines = table.read_text(encoding="utf-8").splitlines()
+        table.write_text("\n".join(lines + [lines[-1]]) + "\n", encoding="utf-8")
+    else:
+        summary_path.unlink()
+    with pytest.raises(UserError, match="augmented table of XR_SHOULDER cannot be used") as caught:
+        evaluate(workspace, arch="tiny", pretrained=False, epochs=1, seeds=1)
+    assert "Run stage 05 again" in str(caught.value)
+    # The baseline arm needs no fakes: it still runs on such a workspace.
+    summary = evaluate(workspace, arch="tiny", pretrained=False, epochs=1, seeds=1, arms=("baseline",),
+                       image_size=32)
+    assert [run["arm"] for run in summary["runs"]] == ["baseline"]
+
+
 # --- the experiment -------------------------------------------------------------------------------
 
 def test_short_cpu_run_learns_the_positive_sign(finished_experiment):

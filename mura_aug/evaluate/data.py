@@ -35,6 +35,9 @@ def load_tables(workspace: Workspace, body_part: str, need_synthetic: bool, chec
     train = train[is_real(train)].reset_index(drop=True)
     synthetic = train.iloc[0:0]
     if need_synthetic:
+        from mura_aug.synth.manifest import require_filters_finished
+
+        require_filters_finished(workspace, body_part)  # never a table whose stage-05 filters did not finish
         augmented = _read_table(workspace, body_part, AUGMENTED_TABLE,
                                 "python -m mura_aug synth (notebook 05), or evaluate the baseline arm only")
         synthetic = augmented[~is_real(augmented)].reset_index(drop=True)
