@@ -228,3 +228,20 @@ def test_cli_resume_latest_keeps_the_runs_own_settings(half_run, tmp_path, capsy
     assert [line["tick"] for line in stats] == [1, 2, 3]  # one more tick of the stored length, then the target
     assert stats[-1]["kimg"] == pytest.approx(3 * TICK_KIMG)
     assert json.loads(options_path.read_text())["snap"] == 1  # the stored snapshot interval, not the default 10
+
+
+def test_notebook_04s_settings_are_the_runs_own_but_for_what_it_changes(half_run, tmp_path):
+    from mura_aug.gan import loop
+
+    workspace, run_dir = copy_run(half_run, tmp_path / "ws")
+    settings = loop.settings_to_resume(workspace, run_dir.name, kimg=None, max_minutes=None, device="cpu")
+    assert settings.kimg == pytest.approx(2 * TICK_KIMG)  # KIMG = None keeps the run's target
+    assert (settings.cfg, settings.resolution, settings.snap, settings.kimg_per_tick) == ("tiny", 16, 1, TICK_KIMG)
+    assert settings.max_minutes is None and settings.device == "cpu"
+    assert settings.resume == str(run_dir)
+    assert set(settings.given_values()) == {"max_minutes", "device", "resume"}
+    assert loop.settings_to_resume(workspace, None, body_part="XR_SHOULDER").run == run_dir.name  # the newest
+    with pytest.raises(UserError, match="kimgs"):
+        loop.settings_to_resume(workspace, run_dir.name, kimgs=3)
+    with pytest.raises(UserError, match="no training run of XR_ELBOW"):
+        loop.settings_to_resume(workspace, None, body_part="XR_ELBOW")

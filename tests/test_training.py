@@ -296,3 +296,15 @@ def test_metrics_options_are_documented_and_checked(tmp_path, capsys):
     for bad in (dict(metrics_every=-1), dict(metrics_fakes=1)):
         with pytest.raises(UserError, match="metrics"):
             train_tiny(workspace, "positive", **{"kimg": 1.0, **bad})
+
+
+def test_the_loop_knows_no_metrics():
+    # Metrics reach the loop only as the on_snapshot callback: importing the loop loads no measuring code.
+    import subprocess
+    import sys
+
+    code = ("import sys, mura_aug.gan.loop; print(sorted(m for m in sys.modules if m.startswith('mura_aug.metrics') "
+            "or m == 'mura_aug.gan.measure'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

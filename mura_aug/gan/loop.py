@@ -98,6 +98,10 @@ def settings_to_resume(workspace, run: Optional[str] = None, body_part: Optional
     `body_part` when given); changes: run-control settings for this call (kimg = the new target,
     max_minutes, device, ...); everything else is the run's. A None keeps the run's own value where None is
     no value of the setting (KIMG = None: the run's target)."""
+    unknown = sorted(set(changes) - {field.name for field in RunSettings.settings_fields()})
+    if unknown:
+        raise UserError(f"settings_to_resume got {', '.join(unknown)}, which are no training settings.",
+                        f"Use the names of RunSettings, e.g. {', '.join(RunSettings.RUN_CONTROL[:4])}.")
     run_dir = find_run(workspace, run, body_part)
     given = {key: value for key, value in changes.items() if value is not None or RunSettings.optional(key)}
     settings = settings_for_resume(run_dir, {**given, "resume": str(run_dir)}, report=None)
