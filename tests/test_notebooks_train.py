@@ -43,9 +43,13 @@ def test_stored_notebook_is_clean_with_one_parameters_cell(name):
     if name in expected_label:
         parameters = parse_parameters_source(tagged[0].source)
         assert parameters["LABEL"]["default"] == expected_label[name]
-        # every parameter but the workspace is a training setting of the same name (RunSettings)
-        assert set(parameters) - {"WORKSPACE"} <= set(RunSettings.notebook_names())
-        assert "KEEP_NETWORKS_EVERY" in parameters
+        # every parameter but the workspace is a notebook setting of RunSettings, with its default, and every
+        # notebook setting is there (the others are command-line only: the docs' table says which)
+        assert set(parameters) - {"WORKSPACE"} == set(RunSettings.notebook_names())
+        for parameter, info in parameters.items():
+            if parameter not in ("WORKSPACE", "LABEL"):
+                assert info["default"] == RunSettings.notebook_default_of(parameter.lower()), parameter
+
 
 
 def test_train_notebooks_and_resume_notebook_run_with_papermill(tmp_path):

@@ -1,8 +1,9 @@
 """Measuring a generator: the fakes of a snapshot against the real training images of its class.
 
 `training_metrics` is what training measures every `--metrics-every` snapshots (`snapshot_metrics` makes the
-training loop's `on_snapshot` callback of it, for the CLI and notebooks 02/03); `python -m mura_aug metrics` measures any snapshot and
-writes `results/metrics/<run>/<snapshot>.json`, a nearest-real CSV and a closest-pairs figure per class. The
+training loop's `on_snapshot` callback of it, for the CLI and notebooks 02-04); `python -m mura_aug metrics`
+measures any snapshot and writes `results/metrics/<run>/<snapshot>.json`, a nearest-real CSV and a
+closest-pairs figure per class. The
 measures themselves are `mura_aug.metrics`; the fakes come from `mura_aug.gan.sampling` (image i = seed+i).
 """
 from __future__ import annotations

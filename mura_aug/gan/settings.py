@@ -32,7 +32,9 @@ _STORED_AMP = {None: "auto", True: "auto", False: "off", "bfloat16": "bf16", "fl
 
 @dataclasses.dataclass
 class RunSettings(StageSettings):
-    """Everything `python -m mura_aug train` and notebooks 02-04 can set (the docs' table is made from it)."""
+    """Everything `python -m mura_aug train` and notebooks 02-04 can set (the docs' table is made from it).
+    The notebooks declare the settings with notebook=True (a test checks their cells against these); the
+    others are for the command line and Python callers, the notebooks keep their defaults."""
 
     label: str = setting("positive", "class to learn: positive (abnormal), negative (normal), or both (one "
                          "class-conditional GAN of the two)", choices=LABELS)
@@ -54,10 +56,10 @@ class RunSettings(StageSettings):
     batch: Optional[int] = setting(None, "images per iteration, all GPUs together; none = the config's (auto at "
                                    "256 px: 16)", unit="images")
     batch_gpu: Optional[int] = setting(None, "images per forward pass on one GPU (gradient accumulation: the same "
-                                       "training in less memory); none = the config's", unit="images")
+                                       "training in less memory); none = the config's", unit="images", notebook=False)
     gamma: Optional[float] = setting(None, "R1 regularisation weight; none = the config's (auto: 0.0002 x "
-                                     "resolution^2 / batch)")
-    mirror: bool = setting(False, "also train on x-flipped copies of the images")
+                                     "resolution^2 / batch)", notebook=False)
+    mirror: bool = setting(False, "also train on x-flipped copies of the images", notebook=False)
     seed: int = setting(0, "random seed of the initial weights, the latents and the data order; the fakes grid "
                         "of each snapshot shows the images of seeds SEED, SEED+1, ...")
     resume: Optional[str] = setting(None, "continue a run: latest (the newest state of this run that loads; a new "
@@ -68,22 +70,23 @@ class RunSettings(StageSettings):
                                       "downloaded once) or a .pkl / state / network file or run folder; "
                                       "resume latest wins once the run has a state")
     freeze_d: int = setting(0, "Freeze-D: the highest-resolution discriminator blocks left untrained (with "
-                            "transfer)", unit="blocks")
+                            "transfer)", unit="blocks", notebook=False)
     max_minutes: Optional[float] = setting(None, "stop with a final snapshot after this many minutes of this "
                                            "call; none = no limit (the notebooks stop before Colab ends a session "
                                            "after about 12 h)", unit="minutes", notebook_default=690.0)
     metrics_every: int = setting(0, "compute FID/KID (offline feature net), precision/recall and diversity of "
                                  "G_ema every N-th snapshot and add them to that tick's line in stats.jsonl (0 = "
                                  "never; training waits meanwhile)", unit="snapshots")
-    metrics_fakes: int = setting(500, "fakes generated per such measurement", unit="images")
+    metrics_fakes: int = setting(500, "fakes generated per such measurement", unit="images", notebook=False)
     device: Optional[str] = setting(None, "cpu, cuda or cuda:1; none = the GPU when there is one (under "
                                     "torchrun: cpu or cuda, each process takes cuda:LOCAL_RANK)")
     amp: str = setting("auto", "mixed precision on CUDA: auto (bf16 on GPUs that have it natively, else fp16), "
-                       "bf16, fp16 or off", choices=AMP_MODES)
-    compile: bool = setting(False, "torch.compile the networks for the loss (CUDA, torch >= 2.1)")
-    channels_last: bool = setting(False, "channels-last memory format for D's inputs (CUDA)")
-    run: Optional[str] = setting(None, "run folder name under data/experiments; none = BODY-label-cfg-res")
-    progress: bool = setting(True, "show a progress bar")
+                       "bf16, fp16 or off", choices=AMP_MODES, notebook=False)
+    compile: bool = setting(False, "torch.compile the networks for the loss (CUDA, torch >= 2.1)", notebook=False)
+    channels_last: bool = setting(False, "channels-last memory format for D's inputs (CUDA)", notebook=False)
+    run: Optional[str] = setting(None, "run folder name under data/experiments; none = BODY-label-cfg-res",
+                                 notebook=False)
+    progress: bool = setting(True, "show a progress bar", notebook=False)
     # Not a setting: the names the user set (CLI options typed, notebook parameters declared). A resume keeps
     # the run's value of every other run-control setting. None = all of them (a RunSettings built in Python).
     given_names: Optional[Tuple[str, ...]] = dataclasses.field(default=None, compare=False, repr=False)
