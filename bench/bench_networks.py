@@ -1,8 +1,8 @@
-"""CPU cost of the StyleGAN2-ADA networks (mura_aug.gan.networks) per training phase, and the sec/kimg
+"""CPU cost of the StyleGAN2-ADA networks (mura_aug.gan.networks, ops) per training phase, and the sec/kimg
 that follows for NVlabs' training schedule.
 
     python bench/bench_networks.py [--config auto|tiny|both] [--threads 2,1] [--precision fp32[,bf16]]
-                                   [--batch 4] [--repeats 3] [--channels-last] [--winograd on|off|both]
+                                   [--batch 4] [--repeats 3] [--winograd on|off|both]
                                    [--memory keep|default|both]
                                    [--out bench/results/networks_cpu.md]
 
@@ -156,10 +156,10 @@ def bench_config(name, G_kwargs, D_kwargs, batch, repeats, threads, precision="f
     steps_per_kimg = 1000 / batch
     s_per_kimg = steps_per_kimg * sum(rows[p][0] * w for p, w in weights.items())
     cpu_per_kimg = steps_per_kimg * sum(rows[p][1] * w for p, w in weights.items())
-    import mura_aug.gan.networks as networks
+    from mura_aug.gan import ops
 
-    name = (f"{name} {precision}" + (" channels-last" if networks.CPU_CHANNELS_LAST else "")
-            + ("" if networks.CPU_WINOGRAD else " direct-conv") + ("" if keep_memory else " default-malloc"))
+    name = (f"{name} {precision}" + ("" if ops.CPU_WINOGRAD else " direct-conv")
+            + ("" if keep_memory else " default-malloc"))
     print(f"{name} x{threads}: {s_per_kimg:.0f} s/kimg wall ({cpu_per_kimg:.0f} CPU-s/kimg), "
           f"{params / 1e6:.2f} M parameters")
     return dict(name=name, threads=threads, rows=rows, s_per_kimg=s_per_kimg, cpu_per_kimg=cpu_per_kimg,
@@ -207,30 +207,24 @@ def main():
     parser.add_argument("--precision", default="fp32", help="fp32 and/or bf16 (CPU autocast), comma-separated")
     parser.add_argument("--batch", type=int, default=4, help="images per step")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per phase (median)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="channels-last activations inside the blocks (networks.CPU_CHANNELS_LAST)")
     parser.add_argument("--winograd", choices=("on", "off", "both"), default="on",
-                        help="Winograd F(4x4,3x3) for the big 3x3 convs (networks.CPU_WINOGRAD); both = A/B")
+                        help="Winograd F(4x4,3x3) for the big 3x3 convs (ops.CPU_WINOGRAD); both = A/B")
     parser.add_argument("--memory", choices=("keep", "default", "both"), default="keep",
                         help="keep freed memory in the process as training does (reuse_freed_cpu_memory), "
                              "glibc's default, or both (A/B)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "networks_cpu.md")
     args = parser.parse_args()
-    if args.channels_last:
-        import mura_aug.gan.networks as networks
-
-        networks.CPU_CHANNELS_LAST = True
 
     speed_before = machine_speed.measure()
     results = []
     tiny = tiny_kwargs() if args.config in ("tiny", "both") else None
-    import mura_aug.gan.networks as networks
+    from mura_aug.gan import ops
 
     winograd_settings = {"on": [True], "off": [False], "both": [True, False]}[args.winograd]
     memory_settings = {"keep": [True], "default": [False], "both": [True, False]}[args.memory]
     for precision, threads, use_winograd, keep_memory in itertools.product(
             args.precision.split(","), [int(t) for t in args.threads.split(",")], winograd_settings, memory_settings):
-        networks.CPU_WINOGRAD = use_winograd
+        ops.CPU_WINOGRAD = use_winograd
         if args.config in ("auto", "both"):
             results.append(bench_config("auto-32", AUTO_32_G, AUTO_32_D, args.batch, args.repeats, threads,
                                         precision, keep_memory))

@@ -7,7 +7,7 @@
    class's 32 px GAN dataset in NVlabs' layout (`00000/img00000000.png` RGB + `dataset.json`), the file the
    training loop reads (`data/datasets/XR_SHOULDER_positive_32.zip`). Stage 01's prepare is used instead
    when it is installed and --use-prepare is given.
-2. Trains the positive class with mura_aug.gan.training_loop.train(cfg='tiny', resolution=32) on the CPU.
+2. Trains the positive class with mura_aug.gan.loop.train (RunSettings cfg='tiny', resolution=32) on the CPU.
 3. Copies the reals grid and the fakes grids of a few snapshots into --out (upscaled x2, nearest, so a
    32 px image is visible) and writes quality_tiny32.md: kimg, minutes, CPU seconds, load average per tick.
    What the grids show is judged by eye and written into the report's "Reading" section by hand.
@@ -95,8 +95,8 @@ def main():
 
     import torch
 
-    from mura_aug.gan import snapshot
-    from mura_aug.gan.training_loop import train
+    from mura_aug.gan import loop, snapshot
+    from mura_aug.gan.settings import RunSettings
 
     torch.set_num_threads(args.threads)
     workspace, count = build_dataset(args.workdir)
@@ -118,10 +118,10 @@ def main():
         print(f"kimg {line['kimg']:.1f}  wall {ticks[-1]['wall_min']:.1f} min  load {ticks[-1]['load']:.1f}  "
               f"p {ticks[-1]['p']:.3f}", flush=True)
 
-    run_dir = train(workspace.root, label="positive", body_part=BODY_PART, cfg="tiny", resolution=RESOLUTION,
-                    kimg=args.kimg, kimg_per_tick=args.snap_kimg, snap=1, seed=args.seed,
-                    max_minutes=args.max_minutes, device="cpu", progress=False, run=args.tag,
-                    keep_states=1, gamma=args.gamma, on_tick=on_tick, log=lambda text: print(text, flush=True))
+    settings = RunSettings(label="positive", body_part=BODY_PART, cfg="tiny", resolution=RESOLUTION, kimg=args.kimg,
+                           kimg_per_tick=args.snap_kimg, snap=1, seed=args.seed, max_minutes=args.max_minutes,
+                           device="cpu", progress=False, run=args.tag, keep=1, gamma=args.gamma)
+    run_dir = loop.train(workspace.root, settings, on_tick=on_tick, log=lambda text: print(text, flush=True))
 
     snaps = snapshot.list_snapshots(run_dir)
     kept = []

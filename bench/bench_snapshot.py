@@ -31,8 +31,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from mura_aug.gan import loop  # noqa: E402
 from mura_aug.gan import snapshot as snap  # noqa: E402
-from mura_aug.gan.training_loop import train  # noqa: E402
+from mura_aug.gan.settings import RunSettings  # noqa: E402
 from mura_aug.workspace import Workspace  # noqa: E402
 
 RESOLUTION = 32  # px
@@ -55,8 +56,9 @@ def measure(cfg: str, repeats: int, root: Path) -> dict:
     make_dataset(workspace)
     kimg = BATCH / 1000
     started = time.time()
-    run_dir = train(workspace, "positive", cfg=cfg, resolution=RESOLUTION, kimg=kimg, kimg_per_tick=kimg, snap=1,
-                    batch=BATCH, device="cpu", progress=False, log=lambda text: None)
+    settings = RunSettings(label="positive", cfg=cfg, resolution=RESOLUTION, kimg=kimg, kimg_per_tick=kimg, snap=1,
+                           batch=BATCH, device="cpu", progress=False)
+    run_dir = loop.train(workspace, settings, log=lambda text: None)
     first_run_sec = time.time() - started
     info = snap.list_snapshots(run_dir)[-1]
     t0 = time.perf_counter()
@@ -107,7 +109,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, Python {platform.python_version()}, local disk.",
         f"Resolution {RESOLUTION} px, batch {BATCH}, fp32. Write time = `snapshot.save_state`: temporary file, "
         "fsync, loading it back as a check, rename (median of the repeats). Resume latency = wall time from the "
-        "start of `train(... resume='latest')` inside `python -m mura_aug train` (after Python and torch are "
+        "start of `loop.train` with resume='latest' inside `python -m mura_aug train` (after Python and torch are "
         "imported) to the end of the first new iteration; 'process' adds interpreter start and imports.",
         "",
         "| config | state file | network file | state write | state load | resume -> first step | "

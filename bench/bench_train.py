@@ -1,4 +1,4 @@
-"""Seconds per kimg of the real training loop on the CPU (mura_aug.gan.training_loop.train: data, augmentation,
+"""Seconds per kimg of the real training loop on the CPU (mura_aug.gan.loop.train: data, augmentation,
 all four loss phases with lazy regularisation, optimiser steps, EMA, ADA, stats).
 
     python bench/bench_train.py [--settings tiny-32,auto-32,paper256-256] [--threads 2[,1]] [--workdir DIR]
@@ -48,8 +48,9 @@ def run_setting(name, workdir: Path, threads: int, log):
     import torch
 
     from bench_quality import build_dataset
+    from mura_aug.gan import loop
     from mura_aug.gan.configs import make_config
-    from mura_aug.gan.training_loop import train
+    from mura_aug.gan.settings import RunSettings
 
     cfg, resolution, batch, ticks_wanted = SETTINGS[name]
     config = make_config(cfg, resolution, batch=batch)
@@ -77,9 +78,9 @@ def run_setting(name, workdir: Path, threads: int, log):
         import shutil
 
         shutil.rmtree(stale)
-    train(workspace.root, label="positive", cfg=cfg, resolution=resolution, batch=batch,
-          kimg=ticks_run * tick_kimg, kimg_per_tick=tick_kimg, snap=10_000, device="cpu", progress=False,
-          run=run, keep_states=1, on_tick=on_tick, log=lambda text: None)
+    settings = RunSettings(label="positive", cfg=cfg, resolution=resolution, batch=batch, kimg=ticks_run * tick_kimg,
+                           kimg_per_tick=tick_kimg, snap=10_000, device="cpu", progress=False, run=run, keep=1)
+    loop.train(workspace.root, settings, on_tick=on_tick, log=lambda text: None)
     result = dict(name=name, cfg=cfg, resolution=resolution, batch=batch_size, threads=threads,
                   images=count, ticks=len(ticks), extrapolated=extrapolated, load=os.getloadavg())
     if extrapolated:
@@ -113,7 +114,7 @@ def write_report(path: Path, results, argv, speed_note=""):
         "is shared: wall times are upper bounds; CPU seconds are less affected.",
         "- Command: `python bench/bench_train.py " + " ".join(argv) + "`",
         f"- {speed_note}." if speed_note else "",
-        "- `train(...)` end to end: data sampling, xray augmentation with ADA, Gmain/Dmain every step, path length "
+        "- `loop.train(...)` end to end: data sampling, xray augmentation with ADA, Gmain/Dmain every step, path length "
         "every 4 and R1 every 16 steps, Adam, G_ema, stats. One tick = 16 steps; the first tick (warm-up) and "
         "the last (final snapshot) are dropped.",
         "",

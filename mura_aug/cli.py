@@ -21,8 +21,8 @@ from mura_aug.errors import UserError
 COMMANDS: Dict[str, Tuple[str, str]] = {
     "make-demo-data": ("mura_aug.prepare.cli", "generate a MURA-v1.1-shaped tree of synthetic radiographs"),
     "prepare": ("mura_aug.prepare.cli", "stage 01: index MURA, copy images, build GAN datasets"),
-    "train": ("mura_aug.gan.train_cli", "stages 02-04: train (or resume) StyleGAN2-ADA on one class"),
-    "runs": ("mura_aug.gan.runs_cli", "list training runs and their snapshots"),
+    "train": ("mura_aug.gan.cli", "stages 02-04: train (or resume) StyleGAN2-ADA on one class"),
+    "runs": ("mura_aug.gan.cli", "list training runs and their snapshots"),
     "synth": ("mura_aug.synth.cli", "stage 05: generate / cut, grey, sharpen, filter and register synthetic X-rays"),
     "evaluate": ("mura_aug.evaluate.cli", "stage 06: baseline vs augmented classifier, study-level metrics"),
     "metrics": ("mura_aug.gan.measure", "FID / KID / diversity / memorisation of a snapshot's fakes"),

@@ -1,7 +1,10 @@
-"""Which torch device a stage runs on: one rule for every stage, so "auto" and the errors read the same."""
+"""Which torch device a stage runs on, which reduced precision it uses there, and how a CPU training call
+keeps its freed memory: one rule for every stage, so "auto" and the errors read the same."""
 from __future__ import annotations
 
 import contextlib
+import os
+from typing import Mapping, Optional, Tuple
 
 from mura_aug.errors import UserError
 
@@ -28,10 +31,40 @@ def resolve_device(device=None):
     return resolved
 
 
-# glibc malloc parameters (mallopt(3)): M_TRIM_THRESHOLD = -1, M_MMAP_MAX = -4.
+# --- mixed precision ---------------------------------------------------------------------------------------
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # the choices of every stage's `amp` setting
+
+
+def autocast_dtype(amp: str, device):
+    """The dtype torch.autocast runs in, or None for full float32. Only CUDA uses reduced precision (on a
+    CPU bfloat16 autocast measured slower than float32, docs/gan_networks.md). "auto" picks bfloat16 on GPUs
+    with native bfloat16 (compute capability 8.0, Ampere, or newer) and float16 (which needs a grad scaler)
+    on older ones: torch reports bfloat16 as supported on a T4 (7.5) too, where it is emulated and slow."""
+    import torch
+
+    if amp not in AMP_MODES:
+        raise UserError(f"Unknown mixed-precision setting amp={amp!r}.", f"Use one of {', '.join(AMP_MODES)}.")
+    if torch.device(device).type != "cuda" or amp == "off":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+# --- the CPU allocator during training ----------------------------------------------------------------------
+
+# glibc's mallopt(3) parameter numbers, and the values glibc starts with when nothing sets them.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_GLIBC_DEFAULT_MMAP_MAX = 65536  # glibc's default number of mmap'ed blocks
-_GLIBC_DEFAULT_TRIM_THRESHOLD = 128 * 1024  # bytes; glibc's default before its dynamic adjustment
+GLIBC_DEFAULT_MMAP_MAX = 65536  # mmap'ed blocks at most at a time (mallopt(3))
+GLIBC_DEFAULT_TRIM_THRESHOLD = 128 * 1024  # bytes of free heap top before glibc gives memory back (mallopt(3))
+_KEPT_TRIM_THRESHOLD = 1 << 30  # bytes: while training, never give the heap back between steps
+_MALLOPT_LIMIT = 2 ** 31 - 1  # mallopt takes a C int: a larger start value is restored as this
+# Where a process can set the two at start (glibc's tunables(7); GLIBC_TUNABLES wins over the old names).
+_TUNABLES = {"mmap_max": ("glibc.malloc.mmap_max", "MALLOC_MMAP_MAX_", GLIBC_DEFAULT_MMAP_MAX),
+             "trim_threshold": ("glibc.malloc.trim_threshold", "MALLOC_TRIM_THRESHOLD_",
+                                GLIBC_DEFAULT_TRIM_THRESHOLD)}
+_active_calls = 0  # nested training calls share one setting: only the outermost sets and restores it
 
 
 def _glibc():
@@ -46,6 +79,33 @@ def _glibc():
         return None
 
 
+def _number(text: Optional[str]) -> Optional[int]:
+    try:
+        return int(text.strip(), 0) if text is not None else None  # glibc accepts decimal and 0x... values
+    except ValueError:
+        return None
+
+
+def glibc_malloc_start_settings(environ: Optional[Mapping[str, str]] = None) -> Tuple[int, int]:
+    """(M_MMAP_MAX, M_TRIM_THRESHOLD) as glibc set them when the process started. glibc has no getter for
+    either, so they are read where glibc read them: GLIBC_TUNABLES (glibc.malloc.mmap_max=...:...), else
+    the MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ variables, else glibc's documented defaults. A value glibc
+    would not parse counts as unset. `environ`: default os.environ, which Python copied from the process'
+    environment at start (not /proc/self/environ: glibc cuts GLIBC_TUNABLES short there as it parses it)."""
+    environ = os.environ if environ is None else environ
+    tunables = {}
+    for item in environ.get("GLIBC_TUNABLES", "").split(":"):
+        name, _, value = item.partition("=")
+        tunables[name.strip()] = value
+    values = []
+    for tunable, variable, default in _TUNABLES.values():
+        value = _number(tunables.get(tunable))
+        if value is None:
+            value = _number(environ.get(variable))
+        values.append(default if value is None or value < 0 else value)
+    return values[0], values[1]
+
+
 @contextlib.contextmanager
 def reuse_freed_cpu_memory(device):
     """While training on a CPU, keep freed memory in the process instead of handing it back to the system.
@@ -53,18 +113,28 @@ def reuse_freed_cpu_memory(device):
     Why: glibc serves blocks over 32 MB (and, until its threshold has adapted, smaller ones) with a fresh
     mmap and unmaps them on free, so every large tensor of every step pays the kernel to zero and map its
     pages again (~2 GB/s). For the `auto` networks at 32 px that was 15-25 % of the CPU time of a training
-    step (a 38 MB Winograd weight transform: 18 ms with fresh pages, 3.5 ms with reused ones). The process
-    keeps its peak heap while this is in effect; on leaving, glibc's default limits come back and unused memory
-    is returned. A no-op on other devices and other C libraries (macOS, musl)."""
+    step (a 38 MB Winograd weight transform: 18 ms with fresh pages, 3.5 ms with reused ones).
+
+    glibc's settings belong to the whole process, so this holds them only for the call it wraps: on leaving,
+    M_MMAP_MAX and M_TRIM_THRESHOLD go back to the values the process started with (see
+    `glibc_malloc_start_settings`; a setting another library made with mallopt meanwhile cannot be read and
+    is not restored), and unused memory is returned. What cannot be restored: any mallopt call ends glibc's
+    dynamic raising of its mmap and trim thresholds for the rest of the process (they stay where they are).
+    A no-op on other devices and C libraries (macOS, musl)."""
+    global _active_calls
+
     libc = _glibc() if str(device).startswith("cpu") else None
-    if libc is None:
+    if libc is None or _active_calls:
         yield
         return
+    mmap_max, trim_threshold = glibc_malloc_start_settings()
+    _active_calls += 1
     libc.mallopt(_M_MMAP_MAX, 0)
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    libc.mallopt(_M_TRIM_THRESHOLD, _KEPT_TRIM_THRESHOLD)
     try:
         yield
     finally:
-        libc.mallopt(_M_MMAP_MAX, _GLIBC_DEFAULT_MMAP_MAX)
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_TRIM_THRESHOLD)
+        _active_calls -= 1
+        libc.mallopt(_M_MMAP_MAX, min(mmap_max, _MALLOPT_LIMIT))
+        libc.mallopt(_M_TRIM_THRESHOLD, min(trim_threshold, _MALLOPT_LIMIT))
         libc.malloc_trim(0)

@@ -2,8 +2,10 @@
 import json
 
 import pytest
+import torch
 
 from mura_aug.errors import UserError
+from mura_aug.gan import networks
 from mura_aug.gan.augment import build_augmentation
 from mura_aug.gan.configs import CONFIG_NAMES, TrainConfig, make_config
 
@@ -104,9 +106,6 @@ def test_tiny_is_small_and_builds_real_networks():
     assert config.G_kwargs["mapping_kwargs"]["num_layers"] == 2
     assert config.batch_size == 8 and config.ema_rampup is not None and config.ema_kimg <= 2
     assert config.loss_kwargs["r1_gamma"] < 0.1
-    networks = pytest.importorskip("mura_aug.gan.networks")
-    import torch
-
     G = networks.Generator(**config.G_kwargs)
     D = networks.Discriminator(**config.D_kwargs)
     assert sum(p.numel() for p in G.parameters()) < 150_000

@@ -23,10 +23,13 @@ import pytest
 import torch
 
 from mura_aug.errors import UserError
+from mura_aug.gan import rng
 from mura_aug.gan import snapshot as snap
-from mura_aug.gan.train_cli import distributed_device, torchrun_environment
-from mura_aug.gan.training_loop import per_rank_batch, train, without_timings
+from mura_aug.gan.distributed import distributed_device, per_rank_batch, torchrun_environment
+from mura_aug.gan.loop import without_timings
 from mura_aug.workspace import Workspace
+
+from gan_training import train_tiny  # noqa: E402  (tests/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
@@ -59,18 +62,10 @@ def torchrun(workspace: Workspace, report_dir: Path, options, processes: int = 2
 
 
 @pytest.fixture(scope="module")
-def workspaces(request, tmp_path_factory):
-    """Two copies of a workspace holding both classes (stage 01's demo output when stage 01 is there)."""
+def workspaces(prepared_workspace, tmp_path_factory):
+    """Two copies of a workspace holding both classes (stage 01's output on the demo tree)."""
     base = tmp_path_factory.mktemp("ddp")
-    try:
-        pytest.importorskip("mura_aug.prepare")
-        source = request.getfixturevalue("prepared_workspace").root
-    except (pytest.skip.Exception, ImportError):
-        from gan_datasets import make_dataset
-
-        source = base / "made"
-        make_dataset(source, "positive")
-        make_dataset(source, "negative")
+    source = prepared_workspace.root
     copies = []
     for name in ("one_process", "two_processes"):
         shutil.copytree(source, base / name, ignore=shutil.ignore_patterns("experiments"))
@@ -86,8 +81,7 @@ def two_runs(workspaces, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = train(one_ws, "both", kimg=2 * TICK_KIMG, cfg="tiny", resolution=16, kimg_per_tick=TICK_KIMG, snap=1,
-                    batch=4, batch_gpu=2, device="cpu", progress=False, log=lambda text: None)
+        one = train_tiny(one_ws, "both", kimg=2 * TICK_KIMG, batch_gpu=2)
     finally:
         torch.set_num_threads(threads)
     reports_root = tmp_path_factory.mktemp("reports")
@@ -219,20 +213,26 @@ def test_torchrun_environment_and_device():
         distributed_device("cuda:1", 0, 2)
 
 
-def test_world_size_without_a_process_group_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="torchrun --nproc_per_node"):
-        train(tmp_path / "ws", "positive", kimg=1, cfg="tiny", world_size=2, device="cpu", progress=False)
-
-
 def test_latents_do_not_depend_on_the_rank_that_draws_them():
-    from mura_aug.gan.training_loop import _derived_seed, _draw_latents
-
     labels = np.array([0, 1, 1, 1])
-    z, c = _draw_latents(7, 3, 4, 8, 5, 2, labels)
-    again_z, again_c = _draw_latents(7, 3, 4, 8, 5, 2, labels)
+    z, c = rng.draw_latents(7, 3, 4, 8, 5, 2, labels)
+    again_z, again_c = rng.draw_latents(7, 3, 4, 8, 5, 2, labels)
     assert torch.equal(z, again_z) and torch.equal(c, again_c) and z.shape == (4, 8, 5)
     assert torch.equal(c.sum(dim=2), torch.ones(4, 8))  # one-hot
-    other_z, _ = _draw_latents(7, 4, 4, 8, 5, 2, labels)
+    other_z, _ = rng.draw_latents(7, 4, 4, 8, 5, 2, labels)
     assert not torch.equal(z, other_z)  # another iteration, other latents
-    seeds = {_derived_seed(0, it, 1, phase, chunk) for it in range(3) for phase in range(4) for chunk in range(4)}
+    seeds = {rng.derived_seed(0, it, 1, phase, chunk) for it in range(3) for phase in range(4) for chunk in range(4)}
     assert len(seeds) == 48 and max(seeds) < 2 ** 63
+
+
+def test_one_process_agreement_passes_errors_on_unchanged():
+    from mura_aug.gan.distributed import Distributed
+
+    dist = Distributed(torch.device("cpu"))  # no process group: one process
+    assert (dist.rank, dist.world_size, dist.is_writer, dist.enabled) == (0, 1, True, False)
+    with dist.agreement():
+        done = True
+    assert done
+    with pytest.raises(UserError, match="run folder is locked"):
+        with dist.agreement():
+            raise UserError("The run folder is locked.")

@@ -1,8 +1,18 @@
-"""One device rule for every stage (mura_aug.devices.resolve_device)."""
+"""One device rule for every stage (mura_aug.devices): the device, mixed precision, and the CPU allocator
+setting of a training call (scoped to the call, the start values restored)."""
+import ctypes
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from mura_aug.devices import resolve_device
+from mura_aug.devices import (AMP_MODES, GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM_THRESHOLD, autocast_dtype,
+                              glibc_malloc_start_settings, resolve_device, reuse_freed_cpu_memory)
 from mura_aug.errors import UserError
 
 
@@ -29,3 +39,119 @@ def test_cuda_without_a_gpu_is_a_user_error_whatever_the_spelling():
         with pytest.raises(UserError, match="sees no CUDA GPU") as caught:
             resolve_device(spelling)
         assert "cpu" in caught.value.fix
+
+
+# --- mixed precision -----------------------------------------------------------------------------------------
+
+def test_mixed_precision_only_on_cuda_and_only_known_modes():
+    for amp in AMP_MODES:
+        assert autocast_dtype(amp, "cpu") is None  # the CPU trains in float32 whatever is asked
+    with pytest.raises(UserError, match="amp='half'") as caught:
+        autocast_dtype("half", "cpu")
+    assert "auto, bf16, fp16, off" in caught.value.fix
+
+
+# --- the CPU allocator during training ---------------------------------------------------------------------
+
+GLIBC_ONLY = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="the allocator setting is glibc's")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def _mallinfo():
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    return libc.mallinfo2()
+
+
+def _fresh_block_is_mmapped() -> bool:
+    """Allocate a block larger than all free heap memory (so no free chunk can serve it: earlier tests may
+    have left a big heap behind) and say whether glibc mmap'ed it."""
+    info = _mallinfo()
+    size = info.fordblks + 64 * 2 ** 20  # bytes
+    before = info.hblkhd
+    block = torch.empty(size // 4)
+    mmapped = _mallinfo().hblkhd - before >= size
+    del block
+    return mmapped
+
+
+@GLIBC_ONLY
+def test_cpu_training_keeps_big_blocks_in_the_heap_and_gives_the_default_back():
+    assert _fresh_block_is_mmapped()  # glibc's default: a fresh mmap (zeroed pages every time)
+    with reuse_freed_cpu_memory("cpu"):
+        assert not _fresh_block_is_mmapped()  # from the heap, whose freed pages are reused
+    assert _fresh_block_is_mmapped()  # back to mmap once training ends
+
+
+@GLIBC_ONLY
+def test_the_allocator_setting_is_left_alone_for_other_devices():
+    with reuse_freed_cpu_memory("cuda"):
+        assert _fresh_block_is_mmapped()
+
+
+def test_the_start_settings_are_read_where_glibc_reads_them():
+    defaults = (GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM_THRESHOLD)
+    assert glibc_malloc_start_settings({}) == defaults
+    assert glibc_malloc_start_settings({"MALLOC_MMAP_MAX_": "7", "MALLOC_TRIM_THRESHOLD_": "0x100000"}) == \
+        (7, 1 << 20)
+    # GLIBC_TUNABLES wins over the old variables; a value glibc would not parse counts as unset.
+    tunables = {"GLIBC_TUNABLES": "glibc.malloc.check=0:glibc.malloc.trim_threshold=4096:glibc.malloc.mmap_max=x",
+                "MALLOC_MMAP_MAX_": "9", "MALLOC_TRIM_THRESHOLD_": "1"}
+    assert glibc_malloc_start_settings(tunables) == (9, 4096)
+    assert glibc_malloc_start_settings({"MALLOC_MMAP_MAX_": "lots"}) == defaults
+
+
+# Run in a fresh process started with `environment`: what glibc does after a training call's allocator setting
+# ends. mmapped: a 64 MiB block is mmap'ed (glibc's default) or comes from the heap (M_MMAP_MAX 0); trimmed:
+# freeing a 64 MiB heap block gives the memory back at once (trim threshold below it) or keeps it.
+_AFTER_TRAINING = """
+import ctypes, json
+from mura_aug.devices import reuse_freed_cpu_memory
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+with reuse_freed_cpu_memory("cpu"):
+    pass
+size = 64 * 2 ** 20
+before = libc.mallinfo2()
+block = libc.malloc(size)
+during = libc.mallinfo2()
+libc.free(block)
+after = libc.mallinfo2()
+print(json.dumps({"mmapped": during.hblkhd - before.hblkhd >= size,
+                  "trimmed": during.arena - after.arena >= size // 2}))
+"""
+
+
+def _after_training(environment) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    env.update(environment, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", _AFTER_TRAINING], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@GLIBC_ONLY
+@pytest.mark.parametrize("environment", [
+    {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2 ** 30)},
+    {"GLIBC_TUNABLES": f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={2 ** 30}"},
+])
+def test_a_training_call_restores_the_allocator_settings_the_process_started_with(environment):
+    # Started without mmap and with a 1 GiB trim threshold, the process has both again afterwards (glibc's
+    # nominal defaults instead would mmap the block and give the freed heap back).
+    assert _after_training(environment) == {"mmapped": False, "trimmed": False}
+    assert _after_training({}) == {"mmapped": True, "trimmed": False}  # the defaults: mmap'ed, so no heap

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from mura_aug.errors import UserError
+from mura_aug.gan import networks
 from mura_aug.gan.augment import make_augment_pipe
+from mura_aug.gan.configs import make_config
 from mura_aug.gan.loss import StyleGAN2Loss
 
 RES = 16
@@ -61,9 +63,6 @@ class StandInD(torch.nn.Module):
 
 
 def _real_tiny_nets():
-    networks = pytest.importorskip("mura_aug.gan.networks")
-    from mura_aug.gan.configs import make_config
-
     config = make_config("tiny", RES, batch=4)
     return networks.Generator(**config.G_kwargs), networks.Discriminator(**config.D_kwargs)
 
@@ -285,7 +284,6 @@ def test_bad_arguments_raise_user_errors():
 def test_dmain_in_one_batch_equals_two_batches_with_the_same_minibatch_std_groups(monkeypatch, p):
     # D main runs fakes and reals through D together; the minibatch-std groups (2 here, of a batch of 4)
     # must hold the same samples as with separate passes, and the augmentation must draw the same.
-    networks = pytest.importorskip("mura_aug.gan.networks")
     torch.manual_seed(0)
     G = networks.Generator(z_dim=Z_DIM, c_dim=0, w_dim=Z_DIM, img_resolution=RES, img_channels=3,
                            mapping_kwargs=dict(num_layers=1), synthesis_kwargs=dict(channel_base=128, channel_max=8))

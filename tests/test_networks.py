@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mura_aug.errors import UserError
-from mura_aug.gan import networks
+from mura_aug.gan import networks, ops
 from mura_aug.gan.networks import Discriminator, Generator
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -207,15 +207,15 @@ def test_matches_the_independent_reference(res, c_dim, base, cmax, dim, layers, 
 
 
 def test_resampling_matches_definition():
-    f = networks.setup_filter()
+    f = ops.setup_filter()
     x = torch.randn(2, 3, 8, 8)
-    assert torch.allclose(networks.upsample2d(x, f), ref.fir(x, ref.fir_kernel(), up=2, pad=(2, 1, 2, 1), gain=4),
+    assert torch.allclose(ops.upsample2d(x, f), ref.fir(x, ref.fir_kernel(), up=2, pad=(2, 1, 2, 1), gain=4),
                           atol=1e-6)
-    assert torch.allclose(networks.downsample2d(x, f), ref.fir(x, ref.fir_kernel(), down=2, pad=(1, 1, 1, 1)),
+    assert torch.allclose(ops.downsample2d(x, f), ref.fir(x, ref.fir_kernel(), down=2, pad=(1, 1, 1, 1)),
                           atol=1e-6)
     w = torch.randn(5, 3, 3, 3)
     for up, down in ((2, 1), (1, 2)):
-        ours = networks.conv2d_resample(x, w, f, up=up, down=down, padding=1, flip_weight=(up == 1))
+        ours = ops.conv2d_resample(x, w, f, up=up, down=down, padding=1, flip_weight=(up == 1))
         assert torch.allclose(ours, ref.conv_resample(x, w, up=up, down=down, padding=1, flip_weight=(up == 1)),
                               atol=1e-5)
 
@@ -251,9 +251,9 @@ def test_frozen_discriminator_layers_keep_their_names():
 
 
 def test_user_errors():
-    with pytest.raises(UserError, match="img_resolution=48"):
+    with pytest.raises(UserError, match="Generator img_resolution = 48 px is not a power of two"):
         Generator(16, 0, 16, 48, 3)
-    with pytest.raises(UserError, match="img_resolution=2048"):
+    with pytest.raises(UserError, match="Discriminator img_resolution = 2048 px"):
         Discriminator(0, 2048, 3)
     _, D = make_pair(16, 0, 128, 16, 16, 1, None)
     with pytest.raises(UserError, match="multiple of 4"):
@@ -266,7 +266,7 @@ def test_half_precision_blocks_stay_close_to_fp32(monkeypatch):
     z, c = torch.randn(4, 32), labels(4, 2)
     img32 = G(z, c, noise_mode="const")
     logits32 = D(img32, c)
-    monkeypatch.setattr(networks, "_block_dtype",
+    monkeypatch.setattr(ops, "block_dtype",
                         lambda use_fp16, device, force_fp32: torch.float16 if use_fp16 and not force_fp32
                         else torch.float32)
     try:

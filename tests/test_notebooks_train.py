@@ -1,4 +1,4 @@
-"""Notebooks 02, 03 and 04: generated clean, one parameters cell, and they run with papermill at tiny settings."""
+"""Notebooks 02, 03 and 04: stored clean, one parameters cell, and they run with papermill at tiny settings."""
 import io
 import json
 import zipfile
@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from mura_aug.gan import snapshot as snap
-from mura_aug.notebooks.nbtools import NOTEBOOKS_DIR, execute_notebook, notebook_has_outputs
+from mura_aug.gan.settings import RunSettings
+from mura_aug.notebooks.nbtools import NOTEBOOKS_DIR, execute_notebook, notebook_has_outputs, parse_parameters_source
 from mura_aug.workspace import Workspace
 
 NOTEBOOKS = ("02_train_positive", "03_train_negative", "04_resume")
@@ -38,9 +39,17 @@ def test_stored_notebook_is_clean_with_one_parameters_cell(name):
         assert "#" in line, f"parameter without a comment: {line}"
     for cell in nb.cells:
         assert len(cell.source.splitlines()) <= 25, "a cell longer than a screen"
-    expected_label = {"02_train_positive": 'LABEL = "positive"', "03_train_negative": 'LABEL = "negative"'}
+    expected_label = {"02_train_positive": "positive", "03_train_negative": "negative"}
     if name in expected_label:
-        assert expected_label[name] in tagged[0].source
+        parameters = parse_parameters_source(tagged[0].source)
+        assert parameters["LABEL"]["default"] == expected_label[name]
+        # every parameter but the workspace is a notebook setting of RunSettings, with its default, and every
+        # notebook setting is there (the others are command-line only: the docs' table says which)
+        assert set(parameters) - {"WORKSPACE"} == set(RunSettings.notebook_names())
+        for parameter, info in parameters.items():
+            if parameter not in ("WORKSPACE", "LABEL"):
+                assert info["default"] == RunSettings.notebook_default_of(parameter.lower()), parameter
+
 
 
 def test_train_notebooks_and_resume_notebook_run_with_papermill(tmp_path):
@@ -63,6 +72,14 @@ def test_train_notebooks_and_resume_notebook_run_with_papermill(tmp_path):
 
     # the positive run measured FID / KID / diversity, so its notebook shows one figure more: the metrics plot
     assert figures("02_train_positive") == figures("03_train_negative") + 1 >= 2
+
+    # Run again after a disconnect, with TRANSFER still set: RESUME = "latest" wins, the run continues.
+    positive_run = workspace.experiments / "XR_SHOULDER-positive-tiny-16"
+    execute_notebook(NOTEBOOKS_DIR / "02_train_positive.ipynb", tmp_path / "02_again.ipynb",
+                     parameters={"WORKSPACE": str(workspace.root), **TINY, "KIMG": 0.016, "TRANSFER": "ffhq256"},
+                     cwd=tmp_path)
+    assert [line["tick"] for line in snap.read_stats(positive_run)] == [1, 2]
+    assert not list(workspace.weights_cache.glob("*.pkl"))  # nothing was downloaded
 
     negative_run = workspace.experiments / "XR_SHOULDER-negative-tiny-16"
     execute_notebook(NOTEBOOKS_DIR / "04_resume.ipynb", tmp_path / "04_resume.ipynb",

@@ -15,23 +15,21 @@ import torch
 
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot as snap
-from mura_aug.gan.training_loop import train, without_timings
+from mura_aug.gan.loop import without_timings
 from mura_aug.workspace import RunFolder, Workspace
 
 from gan_datasets import make_dataset  # noqa: E402  (tests/ is on sys.path)
+from gan_training import TICK_KIMG, train_tiny  # noqa: E402
+from nvlabs_pickles import nvlabs_networks, write_pickle  # noqa: E402
 
-TICK_KIMG = 0.008  # 2 iterations of 4 images per tick: fast on a 2-core CPU
-FAST = dict(cfg="tiny", resolution=16, kimg_per_tick=TICK_KIMG, snap=1, batch=4, device="cpu", progress=False,
-            log=lambda text: None)
 REPO = Path(__file__).resolve().parent.parent
-
 
 
 @pytest.fixture(scope="module")
 def half_run(tmp_path_factory):
     """A run stopped at 2 ticks (states at 0.008 and 0.016 kimg), to be copied by tests."""
     workspace = make_dataset(tmp_path_factory.mktemp("half") / "ws")
-    run_dir = train(workspace, "positive", kimg=2 * TICK_KIMG, **FAST)
+    run_dir = train_tiny(workspace, "positive", kimg=2 * TICK_KIMG)
     return workspace, run_dir
 
 
@@ -43,9 +41,9 @@ def copy_run(half_run, target: Path):
 
 def test_n_ticks_equal_half_plus_resume_plus_half_bitwise(half_run, tmp_path):
     whole_ws = make_dataset(tmp_path / "whole")
-    whole = train(whole_ws, "positive", kimg=4 * TICK_KIMG, **FAST)
+    whole = train_tiny(whole_ws, "positive", kimg=4 * TICK_KIMG)
     workspace, _ = copy_run(half_run, tmp_path / "pieces")
-    pieces = train(workspace, "positive", kimg=4 * TICK_KIMG, resume="latest", **FAST)
+    pieces = train_tiny(workspace, "positive", kimg=4 * TICK_KIMG, resume="latest")
 
     whole_stats, piece_stats = snap.read_stats(whole), snap.read_stats(pieces)
     assert [line["tick"] for line in piece_stats] == [1, 2, 3, 4]  # none twice, none missing
@@ -68,7 +66,7 @@ def test_truncated_newest_state_is_skipped_on_resume(half_run, tmp_path):
     newest.write_bytes(newest.read_bytes()[:1000])
     messages = []
     with pytest.warns(RuntimeWarning, match=newest.name):
-        train(workspace, "positive", kimg=3 * TICK_KIMG, resume="latest", **{**FAST, "log": messages.append})
+        train_tiny(workspace, "positive", kimg=3 * TICK_KIMG, resume="latest", log=messages.append)
     assert any(newest.name in m and "Skipping" in m for m in messages)
     assert any("resuming" in m and "000000.008" in m for m in messages)
     stats = snap.read_stats(run_dir)
@@ -90,7 +88,7 @@ def test_full_disk_keeps_previous_state_and_says_so(half_run, tmp_path, monkeypa
 
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(UserError) as info:
-        train(workspace, "positive", kimg=3 * TICK_KIMG, resume="latest", **FAST)
+        train_tiny(workspace, "positive", kimg=3 * TICK_KIMG, resume="latest")
     message = str(info.value)
     assert "full" in message and "0.024 kimg" in message and previous.name in message
     monkeypatch.setattr(torch, "save", real_save)
@@ -104,7 +102,7 @@ def test_refuses_to_start_when_two_states_do_not_fit(tmp_path, monkeypatch):
     workspace = make_dataset(tmp_path / "ws")
     monkeypatch.setattr(snap, "free_bytes", lambda path: 1000)
     with pytest.raises(UserError, match="Not enough free space") as info:
-        train(workspace, "positive", kimg=TICK_KIMG, **FAST)
+        train_tiny(workspace, "positive", kimg=TICK_KIMG)
     assert "Free at least" in info.value.fix
     assert not snap.list_snapshots(workspace.experiments / "XR_SHOULDER-positive-tiny-16")
 
@@ -150,36 +148,25 @@ def test_sigkill_at_random_moments_then_resume_finishes(tmp_path):
 
 
 def test_resume_from_an_nvlabs_pickle_keeps_its_kimg_and_p(tmp_path):
-    nvlabs_test = pytest.importorskip("test_nvlabs")  # its writer of NVlabs-format pickles
-    from mura_aug.gan import networks
-
-    nets = {key: nvlabs_test.randomized(networks.Generator(**nvlabs_test.G_KWARGS), seed)
-            for key, seed in (("G", 1), ("G_ema", 2))}
-    nets["D"] = nvlabs_test.randomized(networks.Discriminator(**nvlabs_test.D_KWARGS), 3)
     pickle_path = tmp_path / "network-snapshot-000120.pkl"
-    nvlabs_test.write_pickle(pickle_path, nets)  # augment p 0.375 inside
+    write_pickle(pickle_path, nvlabs_networks())  # augment p 0.375 inside
     workspace = make_dataset(tmp_path / "ws", res=32)
-    run_dir = train(workspace, "positive", resume=str(pickle_path), kimg=120.004,
-                    **{**FAST, "resolution": None, "kimg_per_tick": 0.004})
+    run_dir = train_tiny(workspace, "positive", resume=str(pickle_path), kimg=120.004, resolution=None,
+                         kimg_per_tick=0.004)
     assert run_dir.name == "XR_SHOULDER-positive-tiny-32"
     state = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
     assert state["progress"]["cur_nimg"] == 120_004
     assert state["augment_p"] == pytest.approx(0.375, abs=0.01)
     assert snap.read_stats(run_dir)[0]["kimg"] == pytest.approx(120.004)
     with pytest.raises(UserError, match="already holds snapshots"):
-        train(workspace, "positive", resume=str(pickle_path), kimg=121, **{**FAST, "resolution": None})
+        train_tiny(workspace, "positive", resume=str(pickle_path), kimg=121, resolution=None)
 
 
 def _nvlabs_pickle(tmp_path, parts):
     """An NVlabs-format pickle (32 px, c_dim 2) holding only `parts`, with the networks that went into it."""
-    nvlabs_test = pytest.importorskip("test_nvlabs")  # its writer of NVlabs-format pickles
-    from mura_aug.gan import networks
-
-    nets = {key: nvlabs_test.randomized(networks.Generator(**nvlabs_test.G_KWARGS), seed)
-            for key, seed in (("G", 1), ("G_ema", 2))}
-    nets["D"] = nvlabs_test.randomized(networks.Discriminator(**nvlabs_test.D_KWARGS), 3)
+    nets = nvlabs_networks()
     path = tmp_path / "network-snapshot-000120.pkl"
-    nvlabs_test.write_pickle(path, nets, parts=parts)
+    write_pickle(path, nets, parts=parts)
     return path, nets
 
 
@@ -188,8 +175,8 @@ def test_resume_from_an_nvlabs_pickle_without_G_continues_from_G_ema(tmp_path):
     workspace = make_dataset(tmp_path / "ws", res=32)
     messages = []
     with pytest.warns(RuntimeWarning, match="holds no G; training continues with G = a copy of G_ema"):
-        run_dir = train(workspace, "positive", resume=str(pickle_path), kimg=120.004,
-                        **{**FAST, "resolution": None, "kimg_per_tick": 0.004, "log": messages.append})
+        run_dir = train_tiny(workspace, "positive", resume=str(pickle_path), kimg=120.004, resolution=None,
+                             kimg_per_tick=0.004, log=messages.append)
     assert any(m.startswith("warning:") and "no G;" in m for m in messages)
     state = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
     assert state["progress"]["cur_nimg"] == 120_004
@@ -204,7 +191,7 @@ def test_resume_from_an_nvlabs_pickle_without_D_points_to_transfer(tmp_path):
     pickle_path, _ = _nvlabs_pickle(tmp_path, ("G", "G_ema"))
     workspace = make_dataset(tmp_path / "ws", res=32)
     with pytest.raises(UserError, match="holds no discriminator D") as info:
-        train(workspace, "positive", resume=str(pickle_path), kimg=121, **{**FAST, "resolution": None})
+        train_tiny(workspace, "positive", resume=str(pickle_path), kimg=121, resolution=None)
     assert f"--transfer {pickle_path}" in info.value.fix
 
 
@@ -241,3 +228,20 @@ def test_cli_resume_latest_keeps_the_runs_own_settings(half_run, tmp_path, capsy
     assert [line["tick"] for line in stats] == [1, 2, 3]  # one more tick of the stored length, then the target
     assert stats[-1]["kimg"] == pytest.approx(3 * TICK_KIMG)
     assert json.loads(options_path.read_text())["snap"] == 1  # the stored snapshot interval, not the default 10
+
+
+def test_notebook_04s_settings_are_the_runs_own_but_for_what_it_changes(half_run, tmp_path):
+    from mura_aug.gan import loop
+
+    workspace, run_dir = copy_run(half_run, tmp_path / "ws")
+    settings = loop.settings_to_resume(workspace, run_dir.name, kimg=None, max_minutes=None, device="cpu")
+    assert settings.kimg == pytest.approx(2 * TICK_KIMG)  # KIMG = None keeps the run's target
+    assert (settings.cfg, settings.resolution, settings.snap, settings.kimg_per_tick) == ("tiny", 16, 1, TICK_KIMG)
+    assert settings.max_minutes is None and settings.device == "cpu"
+    assert settings.resume == str(run_dir)
+    assert set(settings.given_values()) == {"max_minutes", "device", "resume"}
+    assert loop.settings_to_resume(workspace, None, body_part="XR_SHOULDER").run == run_dir.name  # the newest
+    with pytest.raises(UserError, match="kimgs"):
+        loop.settings_to_resume(workspace, run_dir.name, kimgs=3)
+    with pytest.raises(UserError, match="no training run of XR_ELBOW"):
+        loop.settings_to_resume(workspace, None, body_part="XR_ELBOW")

@@ -13,18 +13,16 @@ from PIL import Image
 from mura_aug import cli
 from mura_aug.errors import UserError
 from mura_aug.gan import dataset as dataset_module
+from mura_aug.gan import loop, measure
 from mura_aug.gan import snapshot as snap
 from mura_aug.gan.dataset import DataSampler, load_training_images
-from mura_aug.gan.training_loop import train, without_timings
+from mura_aug.gan.loop import without_timings
 from mura_aug.workspace import Workspace
 
 from gan_datasets import make_dataset  # noqa: E402  (tests/ is on sys.path)
+from gan_training import TICK_KIMG, tiny_settings, train_tiny  # noqa: E402
 
-TICK_KIMG = 0.008  # 2 iterations of 4 images
-FAST = dict(cfg="tiny", resolution=16, kimg_per_tick=TICK_KIMG, snap=1, batch=4, device="cpu", progress=False,
-            log=lambda text: None)
 RUN = "XR_SHOULDER-positive-tiny-16"
-
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +141,9 @@ def test_transfer_with_freeze_d_keeps_frozen_blocks(cli_run, tmp_path):
     source_ws, source_run = cli_run
     source = snap.load_state(snap.list_snapshots(source_run)[-1].state_path)
     workspace = make_dataset(tmp_path / "ws")
-    run_dir = train(workspace, "positive", kimg=TICK_KIMG, transfer=str(source_run), freeze_d=1, run="transfer",
-                    **FAST)
+    # As the notebooks call it: RESUME = "latest" and TRANSFER set; a run without a state starts from TRANSFER.
+    run_dir = train_tiny(workspace, "positive", kimg=TICK_KIMG, transfer=str(source_run), freeze_d=1, run="transfer",
+                         resume="latest")
     result = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
     assert result["progress"]["cur_nimg"] == 8  # weights only: the image count starts again
     frozen = [name for name in result["D"] if name.startswith("b16.") and "weight" in name]
@@ -153,6 +152,13 @@ def test_transfer_with_freeze_d_keeps_frozen_blocks(cli_run, tmp_path):
     for name in frozen:
         assert torch.equal(result["D"][name], source["D"][name]), f"{name} changed although frozen"
     assert any(not torch.equal(result["D"][n], source["D"][n]) for n in trained)
+    # The same call again once the run has a state (a rerun after a disconnect) continues it.
+    messages = []
+    train_tiny(workspace, "positive", kimg=2 * TICK_KIMG, transfer=str(source_run), freeze_d=1, run="transfer",
+               resume="latest", log=messages.append)
+    assert snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)["progress"]["cur_nimg"] == 16
+    assert any(m.startswith("resuming transfer") for m in messages)
+    assert not any(m.startswith("transfer ") for m in messages)  # no weights copied over the run's
 
 
 def test_transfer_by_name_without_network_is_a_clear_error(tmp_path, monkeypatch):
@@ -163,7 +169,7 @@ def test_transfer_by_name_without_network_is_a_clear_error(tmp_path, monkeypatch
 
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(UserError, match="Cannot download") as info:
-        train(workspace, "positive", kimg=TICK_KIMG, transfer="ffhq256", **FAST)
+        train_tiny(workspace, "positive", kimg=TICK_KIMG, transfer="ffhq256")
     assert "weights" in info.value.fix
     assert not list(workspace.weights_cache.glob("*.pkl"))
 
@@ -171,7 +177,7 @@ def test_transfer_by_name_without_network_is_a_clear_error(tmp_path, monkeypatch
 def test_both_labels_train_one_conditional_generator(tmp_path):
     workspace = make_dataset(tmp_path / "ws", "positive")
     make_dataset(tmp_path / "ws", "negative")
-    run_dir = train(workspace, "both", kimg=TICK_KIMG, **FAST)
+    run_dir = train_tiny(workspace, "both", kimg=TICK_KIMG)
     assert run_dir.name == "XR_SHOULDER-both-tiny-16"
     from mura_aug.gan.network_file import load_generator
 
@@ -181,7 +187,7 @@ def test_both_labels_train_one_conditional_generator(tmp_path):
 
 def test_max_minutes_and_ctrl_c_stop_with_a_final_state(tmp_path):
     workspace = make_dataset(tmp_path / "ws")
-    run_dir = train(workspace, "positive", kimg=1.0, max_minutes=1e-6, **FAST)
+    run_dir = train_tiny(workspace, "positive", kimg=1.0, max_minutes=1e-6)
     state = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
     assert state["stop_reason"] == "max_minutes" and state["progress"]["cur_nimg"] == 4  # one iteration
 
@@ -190,7 +196,7 @@ def test_max_minutes_and_ctrl_c_stop_with_a_final_state(tmp_path):
             signal.raise_signal(signal.SIGINT)
 
     handler_before = signal.getsignal(signal.SIGINT)
-    run_dir = train(workspace, "positive", kimg=1.0, resume="latest", on_tick=press_stop, **FAST)
+    run_dir = train_tiny(workspace, "positive", kimg=1.0, resume="latest", on_tick=press_stop)
     # Tick 2 ends at 12 images and presses stop; the loop finishes the next iteration and writes a state.
     state = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
     assert state["stop_reason"] == "interrupted" and state["progress"]["cur_nimg"] == 16
@@ -200,18 +206,18 @@ def test_max_minutes_and_ctrl_c_stop_with_a_final_state(tmp_path):
 
 def test_bad_parameters_are_user_errors(tmp_path):
     workspace = make_dataset(tmp_path / "ws")
-    for bad in (dict(kimg=0), dict(kimg_per_tick=-1), dict(snap=0), dict(keep_states=0), dict(cfg="huge")):
-        with pytest.raises(UserError):
-            train(workspace, "positive", **{**FAST, "kimg": 1.0, **bad})
-    with pytest.raises(UserError, match="Unknown label"):
-        train(workspace, "abnormal", **{**FAST, "kimg": 1.0})
+    for bad in (dict(kimg=0), dict(kimg_per_tick=-1), dict(snap=0), dict(keep=0), dict(cfg="huge")):
+        with pytest.raises(UserError, match=next(iter(bad)).upper()):
+            train_tiny(workspace, "positive", **{"kimg": 1.0, **bad})
+    with pytest.raises(UserError, match="LABEL = 'abnormal' is not one of"):
+        train_tiny(workspace, "abnormal", kimg=1.0)
     with pytest.raises(UserError, match="not both"):
-        train(workspace, "positive", **{**FAST, "kimg": 1.0, "resume": "latest", "transfer": "ffhq256"})
+        train_tiny(workspace, "positive", kimg=1.0, resume=str(workspace.experiments / RUN), transfer="ffhq256")
+    assert not workspace.experiments.joinpath(RUN).exists()  # refused before anything was written
 
 
-def test_reads_the_datasets_stage_01_writes(request, copy_workspace):
-    pytest.importorskip("mura_aug.prepare")
-    workspace = copy_workspace(request.getfixturevalue("prepared_workspace"))
+def test_reads_the_datasets_stage_01_writes(prepared_workspace, copy_workspace):
+    workspace = copy_workspace(prepared_workspace)
     images, labels = load_training_images(workspace, "XR_SHOULDER", "both", 16)
     assert images.shape[1:] == (3, 16, 16) and images.dtype == np.uint8
     assert set(labels.tolist()) == {0, 1}
@@ -228,11 +234,11 @@ def test_a_run_being_trained_by_another_process_is_refused(tmp_path):
     lock = run_dir / snap.LOCK_NAME
     lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "earlier"}))
     with pytest.raises(UserError, match=f"process {os.getppid()}"):
-        train(workspace, "positive", kimg=TICK_KIMG, **FAST)
+        train_tiny(workspace, "positive", kimg=TICK_KIMG)
     assert lock.exists() and not snap.list_snapshots(run_dir)
     # A lock whose process is gone (killed) is taken over, and given back at the end.
     lock.write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": socket.gethostname(), "started": "earlier"}))
-    train(workspace, "positive", kimg=TICK_KIMG, **FAST)
+    train_tiny(workspace, "positive", kimg=TICK_KIMG)
     assert snap.find_resumable(run_dir) is not None and not lock.exists()
 
 
@@ -241,26 +247,23 @@ def test_a_run_being_trained_by_another_process_is_refused(tmp_path):
 METRIC_KEYS = ("fid_offline", "kid_offline", "diversity_ratio", "collapse_alarm", "num_fakes")
 
 
-def test_metrics_every_snapshot_go_into_the_stats_and_change_nothing_else(tmp_path, monkeypatch):
+def test_metrics_every_snapshot_go_into_the_stats_and_change_nothing_else(tmp_path):
     import random
-
-    import mura_aug.gan.measure
 
     workspace = make_dataset(tmp_path / "ws", "positive")
     make_dataset(tmp_path / "ws", "negative", count=8)
-    real_metrics = mura_aug.gan.measure.training_metrics
+    settings = tiny_settings("both", kimg=2 * TICK_KIMG, metrics_every=1, metrics_fakes=8, run="metrics")
+    measured = measure.snapshot_metrics(settings)  # what the CLI and the notebooks pass
     calls = []
 
-    def greedy_metrics(G, real_images_uint8, **kwargs):
-        calls.append(dict(kwargs, c_dim=G.c_dim, training=G.training))
+    def greedy_metrics(G_ema, images, labels, device):
+        calls.append(dict(c_dim=G_ema.c_dim, training=G_ema.training, real_labels=np.asarray(labels)))
         # A metric that draws from every global generator must still leave the training untouched.
         torch.randn(1000), np.random.rand(10), random.random()
-        return real_metrics(G, real_images_uint8, **kwargs)
+        return measured(G_ema, images, labels, device)
 
-    monkeypatch.setattr(mura_aug.gan.measure, "training_metrics", greedy_metrics)
-    with_metrics = train(workspace, "both", kimg=2 * TICK_KIMG, metrics_every=1, metrics_fakes=8, run="metrics",
-                         **FAST)
-    without = train(workspace, "both", kimg=2 * TICK_KIMG, run="plain", **FAST)
+    with_metrics = loop.train(workspace, settings, on_snapshot=greedy_metrics, log=lambda text: None)
+    without = train_tiny(workspace, "both", kimg=2 * TICK_KIMG, run="plain")
 
     stats = snap.read_stats(with_metrics)
     assert len(calls) == 2 and len(stats) == 2  # snap 1, metrics every snapshot: one measurement per tick
@@ -269,8 +272,9 @@ def test_metrics_every_snapshot_go_into_the_stats_and_change_nothing_else(tmp_pa
             assert key in line and math.isfinite(line[key]), key
         assert line["num_fakes"] == 8
     for call in calls:  # real labels go along, so a conditional G makes fakes in the training set's class mix
-        assert call["c_dim"] == 2 and call["num_fakes"] == 8 and not call["training"]
-        assert sorted(np.asarray(call["real_labels"]).tolist()) == [0] * 8 + [1] * 12
+        assert call["c_dim"] == 2 and not call["training"]
+        assert sorted(call["real_labels"].tolist()) == [0] * 8 + [1] * 12
+    assert measure.snapshot_metrics(tiny_settings(metrics_every=0)) is None  # nothing to wire when off
 
     metric_names = set(stats[0]) - set(snap.read_stats(without)[0])
     assert set(METRIC_KEYS) <= metric_names
@@ -291,4 +295,16 @@ def test_metrics_options_are_documented_and_checked(tmp_path, capsys):
     workspace = make_dataset(tmp_path / "ws")
     for bad in (dict(metrics_every=-1), dict(metrics_fakes=1)):
         with pytest.raises(UserError, match="metrics"):
-            train(workspace, "positive", **{**FAST, "kimg": 1.0, **bad})
+            train_tiny(workspace, "positive", **{"kimg": 1.0, **bad})
+
+
+def test_the_loop_knows_no_metrics():
+    # Metrics reach the loop only as the on_snapshot callback: importing the loop loads no measuring code.
+    import subprocess
+    import sys
+
+    code = ("import sys, mura_aug.gan.loop; print(sorted(m for m in sys.modules if m.startswith('mura_aug.metrics') "
+            "or m == 'mura_aug.gan.measure'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,14 +1,10 @@
-"""Winograd F(4x4, 3x3) convolutions (mura_aug.gan.winograd) and where the networks use them."""
-import ctypes
-import platform
-
+"""Winograd F(4x4, 3x3) convolutions (mura_aug.gan.winograd) and where the networks use them (gan.ops)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gan_nets import small_nets
-from mura_aug.devices import reuse_freed_cpu_memory
-from mura_aug.gan import networks, winograd
+from mura_aug.gan import ops, winograd
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 2, 7, 9), (3, 4, 1, 1), (1, 5, 4, 13), (2, 1, 6, 5)])
@@ -56,7 +52,7 @@ def _count_winograd_calls(monkeypatch):
 
 
 def _nets_big_enough_for_winograd():
-    # 128 channels at 16x16: the smallest layers networks.py hands to Winograd (winograd.worthwhile).
+    # 128 channels at 16x16: the smallest layers ops.conv2d hands to Winograd (winograd.worthwhile).
     return small_nets(z_dim=32, img_channels=1, channel_base=2048, channel_max=128, mbstd_group_size=2)
 
 
@@ -76,10 +72,10 @@ def _r1_and_path_length_gradients(G, D):
 
 def test_networks_use_winograd_on_cpu_with_the_same_results_and_double_derivatives(monkeypatch):
     G, D = _nets_big_enough_for_winograd()
-    monkeypatch.setattr(networks, "CPU_WINOGRAD", False)
+    monkeypatch.setattr(ops, "CPU_WINOGRAD", False)
     img_a, logits_a, g_a, d_a = _r1_and_path_length_gradients(G, D)
     calls = _count_winograd_calls(monkeypatch)
-    monkeypatch.setattr(networks, "CPU_WINOGRAD", True)
+    monkeypatch.setattr(ops, "CPU_WINOGRAD", True)
     img_b, logits_b, g_b, d_b = _r1_and_path_length_gradients(G, D)
     # G's stride-1 conv at 16 px (training mode = not fused) and D's first 3x3 conv at 16 px; nothing smaller.
     assert calls and all(shape[1] >= winograd.MIN_CHANNELS and shape[2] * shape[3] >= winograd.MIN_PIXELS
@@ -97,55 +93,13 @@ def test_networks_use_winograd_on_cpu_with_the_same_results_and_double_derivativ
 def test_small_layers_and_the_switch_keep_the_direct_convolution(monkeypatch):
     calls = _count_winograd_calls(monkeypatch)
     x, weight = torch.randn(2, 16, 16, 16), torch.randn(16, 16, 3, 3)
-    networks._conv(x, weight, padding=1)  # 16 channels: below MIN_CHANNELS
+    ops.conv2d(x, weight, padding=1)  # 16 channels: below MIN_CHANNELS
     assert calls == []
     x, weight = torch.randn(1, 128, 16, 16), torch.randn(128, 128, 3, 3)
-    monkeypatch.setattr(networks, "CPU_WINOGRAD", False)
-    networks._conv(x, weight, padding=1)
+    monkeypatch.setattr(ops, "CPU_WINOGRAD", False)
+    ops.conv2d(x, weight, padding=1)
     assert calls == []
-    monkeypatch.setattr(networks, "CPU_WINOGRAD", True)
-    networks._conv(x, weight, padding=1)
-    networks._conv(x, weight, stride=2, padding=1)  # strided: direct
+    monkeypatch.setattr(ops, "CPU_WINOGRAD", True)
+    ops.conv2d(x, weight, padding=1)
+    ops.conv2d(x, weight, stride=2, padding=1)  # strided: direct
     assert calls == [(1, 128, 16, 16)]
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
-def _mallinfo():
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    return libc.mallinfo2()
-
-
-def _fresh_block_is_mmapped() -> bool:
-    """Allocate a block larger than all free heap memory (so no free chunk can serve it: earlier tests may
-    have left a big heap behind) and say whether glibc mmap'ed it."""
-    info = _mallinfo()
-    size = info.fordblks + 64 * 2 ** 20  # bytes
-    before = info.hblkhd
-    block = torch.empty(size // 4)
-    mmapped = _mallinfo().hblkhd - before >= size
-    del block
-    return mmapped
-
-
-GLIBC_ONLY = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the allocator setting is glibc's")
-
-
-@GLIBC_ONLY
-def test_cpu_training_keeps_big_blocks_in_the_heap_and_gives_the_default_back():
-    assert _fresh_block_is_mmapped()  # glibc's default: a fresh mmap (zeroed pages every time)
-    with reuse_freed_cpu_memory("cpu"):
-        assert not _fresh_block_is_mmapped()  # from the heap, whose freed pages are reused
-    assert _fresh_block_is_mmapped()  # back to mmap once training ends
-
-
-@GLIBC_ONLY
-def test_the_allocator_setting_is_left_alone_for_other_devices():
-    with reuse_freed_cpu_memory("cuda"):
-        assert _fresh_block_is_mmapped()

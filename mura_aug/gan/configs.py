@@ -20,9 +20,9 @@ import math
 from typing import Any, Dict, Optional
 
 from mura_aug.errors import UserError
+from mura_aug.settings import check_resolution
 
 CONFIG_NAMES = ("auto", "paper256", "stylegan2", "tiny")
-RESOLUTIONS = tuple(2 ** k for k in range(4, 11))  # 16 ... 1024 px
 AUG_MODES = ("ada", "fixed", "noaug")
 
 # NVlabs' cfg_specs (per-config reference values). mb: total batch; mbstd: minibatch-stddev group; fmaps:
@@ -155,9 +155,7 @@ def make_config(cfg: str = "auto", resolution: int = 256, batch: Optional[int] =
     from mura_aug.gan.augment import AUGMENT_PRESETS
 
     _check_choice("cfg", cfg, CONFIG_NAMES)
-    if resolution not in RESOLUTIONS:
-        raise UserError(f"resolution={resolution!r} px is not supported.",
-                        f"Use a power of two: {', '.join(str(r) for r in RESOLUTIONS)}.")
+    resolution = check_resolution(resolution, "resolution")
     _check_choice("aug", aug, AUG_MODES)
     _check_choice("augpipe", augpipe, tuple(AUGMENT_PRESETS))
     if batch is not None:

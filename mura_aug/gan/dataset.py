@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from mura_aug.errors import UserError
 from mura_aug.gan.sampling import CLASS_LABEL
+from mura_aug.settings import check_resolution
 from mura_aug.workspace import Workspace, atomic_path
 
 if TYPE_CHECKING:
@@ -22,15 +23,6 @@ if TYPE_CHECKING:
 
 LABELS = ("positive", "negative", "both")
 CLASS_NAMES = ["negative", "positive"]  # index = label (sampling.CLASS_LABEL)
-MIN_RESOLUTION = 16  # px; the GAN has blocks from 4x4 upwards, so smaller makes no sense
-
-
-def check_resolution(resolution: int) -> int:
-    resolution = int(resolution)
-    if resolution < MIN_RESOLUTION or resolution & (resolution - 1):
-        raise UserError(f"The training resolution {resolution} px is not a power of two >= {MIN_RESOLUTION}.",
-                        "Use 16, 32, 64, 128, 256, 512 or 1024.")
-    return resolution
 
 
 def classes_of(label: str) -> List[str]:
@@ -167,13 +159,6 @@ def _save_npy(path: Path, array) -> None:
         with open(tmp, "wb") as handle:
             np.save(handle, array)
             handle.flush()
-
-
-def dataset_description(workspace, body_part: str, label: str, resolution: Optional[int]) -> dict:
-    """What a run trains on (for training_options.json)."""
-    workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    sources = [choose_source(workspace, body_part, cls, resolution) for cls in classes_of(label)]
-    return {"sources": [str(p) for p, _ in sources], "source_resolutions": [r for _, r in sources]}
 
 
 class DataSampler:

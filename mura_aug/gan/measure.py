@@ -1,8 +1,9 @@
 """Measuring a generator: the fakes of a snapshot against the real training images of its class.
 
-`training_metrics` is what training measures every `--metrics-every` snapshots (wired as the training loop's
-`on_snapshot` callback by the CLI and notebooks 02/03); `python -m mura_aug metrics` measures any snapshot and
-writes `results/metrics/<run>/<snapshot>.json`, a nearest-real CSV and a closest-pairs figure per class. The
+`training_metrics` is what training measures every `--metrics-every` snapshots (`snapshot_metrics` makes the
+training loop's `on_snapshot` callback of it, for the CLI and notebooks 02-04); `python -m mura_aug metrics`
+measures any snapshot and writes `results/metrics/<run>/<snapshot>.json`, a nearest-real CSV and a
+closest-pairs figure per class. The
 measures themselves are `mura_aug.metrics`; the fakes come from `mura_aug.gan.sampling` (image i = seed+i).
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from mura_aug.devices import resolve_device
 from mura_aug.errors import UserError
 from mura_aug.gan import sampling
 from mura_aug.gan.dataset import load_real_images
+from mura_aug.gan.settings import RunSettings
 from mura_aug.metrics import (COLLAPSE_FRACTION, EXTRACTOR_NAMES, MEMORISATION_RATIO, PR_NEIGHBOURS,
                               MemorisationReport, OfflineExtractor, compute_metrics, get_extractor,
                               pixel_descriptors)
@@ -28,7 +30,8 @@ from mura_aug.workspace import (CLASSES, RunFolder, atomic_path, atomic_write_cs
 PathLike = Union[str, os.PathLike]
 
 DEFAULT_NUM_FAKES = 2000            # images generated for `python -m mura_aug metrics`
-DEFAULT_TRAINING_NUM_FAKES = 500    # images generated per measurement during training (kept small: it is a trend)
+# Images generated per measurement during training (kept small: it is a trend); the training setting owns it.
+DEFAULT_TRAINING_NUM_FAKES = RunSettings.default_of("metrics_fakes")
 DEFAULT_MAX_REALS = 10000           # real images used at most (a random subset beyond that)
 
 
@@ -92,6 +95,25 @@ def training_metrics(G, real_images_uint8, num_fakes: int = DEFAULT_TRAINING_NUM
                                  real_pixels=real_pixels, with_memorisation=False)
     metrics["metrics_seconds"] = time.perf_counter() - started
     return {key: float(value) for key, value in metrics.items()}
+
+
+def snapshot_metrics(settings: RunSettings, log: Callable[[str], None] = print):
+    """The training loop's `on_snapshot(G_ema, images, labels, device) -> dict` for these settings: the
+    `training_metrics` of G_ema with `settings.metrics_fakes` fakes (a conditional G makes them in the mix of
+    the real labels); None when `settings.metrics_every` is 0. A measurement that cannot run (a UserError,
+    e.g. too few images) is skipped with a line in the log instead of stopping the training."""
+    if settings.metrics_every <= 0:
+        return None
+
+    def on_snapshot(G_ema, images, labels, device) -> Dict[str, float]:
+        try:
+            return training_metrics(G_ema, images, num_fakes=settings.metrics_fakes, device=device,
+                                    real_labels=labels if G_ema.c_dim > 0 else None)
+        except UserError as exc:
+            log(f"metrics skipped: {exc.problem}")
+            return {}
+
+    return on_snapshot
 
 
 # =====================================================================================================

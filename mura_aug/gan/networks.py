@@ -2,9 +2,12 @@
 
 The modules below have the constructor keyword arguments, call signatures, attributes and parameter /
 buffer names and shapes of NVlabs' `training/networks.py` (stylegan2-ada-pytorch), so the state of an
-official pickle copies over by name (see `mura_aug.gan.nvlabs`). No custom CUDA ops: the FIR resampling
-("upfirdn2d") is written with depthwise conv2d / conv_transpose2d, and bias + activation + clamp with
-ordinary tensor ops, so the same code runs on CPU and CUDA and on any torch >= 2.1.
+official pickle copies over by name (see `mura_aug.gan.nvlabs`). They are written as the paper describes the
+model (Karras et al. 2020, "Analyzing and Improving the Image Quality of StyleGAN"): mapping network,
+modulated and demodulated convolutions, noise inputs, skip generator, residual discriminator with
+minibatch standard deviation. How the low-level pieces are computed (FIR resampling, resampling
+convolutions, bias + activation + clamp, the CPU's Winograd path, half precision on CUDA) is
+`mura_aug.gan.ops`: no custom CUDA ops, the same code on CPU and CUDA and on any torch >= 2.1.
 
 Conventions carried over from NVlabs because the stored weights depend on them:
 - Equalised learning rate: weights are stored as N(0, 1) / lr_multiplier and scaled at run time by
@@ -21,15 +24,12 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mura_aug.errors import UserError
-from mura_aug.gan import winograd
+from mura_aug.gan import ops
+from mura_aug.settings import check_resolution
 
-LRELU_SLOPE = 0.2  # leaky ReLU negative slope, as in NVlabs' bias_act
-ACTIVATION_GAINS = {"linear": 1.0, "relu": math.sqrt(2), "lrelu": math.sqrt(2)}  # keeps unit variance
 NOISE_MODES = ("random", "const", "none")
-MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024  # px; 8 is the smallest the discriminator's blocks allow
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -49,209 +49,8 @@ def _plain(value):
     raise TypeError(f"constructor argument {value!r} of type {type(value).__name__} is not JSON-able")
 
 
-def _check_resolution(resolution, who: str) -> int:
-    if (not isinstance(resolution, (int, np.integer)) or resolution < MIN_RESOLUTION
-            or resolution > MAX_RESOLUTION or resolution & (resolution - 1)):
-        raise UserError(f"{who}: img_resolution={resolution!r} is not supported.",
-                        f"Use a power of two between {MIN_RESOLUTION} and {MAX_RESOLUTION} px (16, 32, 64, ... 1024).")
-    return int(resolution)
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Functional building blocks
-
-
-def setup_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
-    """The 2-D resampling filter NVlabs stores in every `resample_filter` buffer: outer product of the
-    1-D taps, normalised to sum 1 (shape [len, len])."""
-    f = torch.as_tensor(taps, dtype=torch.float32)
-    if f.ndim == 1:
-        f = torch.outer(f, f)
-    return f / f.sum()
-
-
-def _parse_padding(padding):
-    """int or [x0, x1, y0, y1] -> (x0, x1, y0, y1)."""
-    if isinstance(padding, int):
-        return padding, padding, padding, padding
-    if len(padding) == 2:
-        px, py = padding
-        return px, px, py, py
-    return tuple(padding)
-
-
-def _depthwise(f: torch.Tensor, channels: int, dtype) -> torch.Tensor:
-    # A real (contiguous) [C, 1, kh, kw] tensor, not an expanded view: oneDNN's depthwise kernels take a slow
-    # path for the zero-stride view (4x512x32x32, 4x4 taps, padding 2: forward 11.7 -> 2.5 ms on one core).
-    return f.to(dtype)[None, None].expand(channels, 1, *f.shape).contiguous()
-
-
-def upfirdn2d(x, f, up=1, down=1, padding=0, gain=1.0):
-    """NVlabs' upfirdn2d: insert up-1 zeros between pixels, pad (negative = crop) by padding=[x0, x1, y0,
-    y1], convolve with f (a true convolution) times gain, keep every down-th pixel. Written with
-    conv_transpose2d (upsampling: skips the multiplications with the inserted zeros) or a strided conv2d.
-    f must be symmetric-size 2-D; x is NCHW."""
-    px0, px1, py0, py1 = _parse_padding(padding)
-    channels = x.shape[1]
-    fh, fw = f.shape
-    kernel = _depthwise(f * gain, channels, x.dtype)
-    if up == 1:
-        # conv2d is a correlation: flip the taps to get a convolution.
-        return _DepthwiseFIR.apply(x, kernel.flip([2, 3]), down, (px0, px1, py0, py1))
-    if down != 1:
-        raise ValueError("upfirdn2d: upsampling and downsampling in one call is not needed here")
-    # conv_transpose2d(x, f, stride=up) is the full convolution of the zero-stuffed x with f; NVlabs'
-    # output pixel m is full[m + fh - 1 - pad0], so crop/pad the full result accordingly.
-    x = F.conv_transpose2d(x, kernel, stride=up, groups=channels)
-    return F.pad(x, [px0 - fw + 1, px1 + up - fw, py0 - fh + 1, py1 + up - fh])
-
-
-def _depthwise_fir(x, kernel, down, pads):
-    """Pad x by pads = (x0, x1, y0, y1) (negative = crop), correlate each channel with kernel [C, 1, kh, kw],
-    keep every down-th pixel."""
-    px0, px1, py0, py1 = pads
-    if px0 == px1 == py0 == py1 and px0 >= 0:
-        return F.conv2d(x, kernel, stride=down, padding=px0, groups=x.shape[1])  # no padded copy of x
-    return F.conv2d(F.pad(x, [px0, px1, py0, py1]), kernel, stride=down, groups=x.shape[1])
-
-
-class _DepthwiseFIR(torch.autograd.Function):
-    """_depthwise_fir with a hand-written adjoint as its backward. Autograd's own double backward of a
-    depthwise conv also computes the (unused) kernel gradient, one small conv per channel: on a CPU that was
-    ~20 % of the path-length and R1 phases. The filter is a constant (a buffer), so no kernel gradient here."""
-
-    @staticmethod
-    def forward(ctx, x, kernel, down, pads):
-        ctx.save_for_backward(kernel)
-        ctx.down, ctx.pads, ctx.size = down, pads, tuple(x.shape[2:])
-        return _depthwise_fir(x, kernel, down, pads)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (kernel,) = ctx.saved_tensors
-        px0, px1, py0, py1 = ctx.pads
-        if ctx.down == 1:
-            # Adjoint of (pad, correlate): correlate with the flipped kernel, padded by (k - 1 - pad).
-            kh, kw = kernel.shape[2:]
-            pads = (kw - 1 - px0, kw - 1 - px1, kh - 1 - py0, kh - 1 - py1)
-            return _DepthwiseFIR.apply(grad, kernel.flip([2, 3]), 1, pads), None, None, None
-        return _DepthwiseFIRTranspose.apply(grad, kernel, ctx.down, ctx.pads, ctx.size), None, None, None
-
-
-class _DepthwiseFIRTranspose(torch.autograd.Function):
-    """Adjoint of _DepthwiseFIR with down > 1: zero-stuff, full correlation (conv_transpose2d), undo the pads;
-    its own backward is _DepthwiseFIR again, so any order of derivatives stays on these two."""
-
-    @staticmethod
-    def forward(ctx, grad, kernel, down, pads, size):
-        ctx.save_for_backward(kernel)
-        ctx.down, ctx.pads = down, pads
-        px0, px1, py0, py1 = pads
-        full = F.conv_transpose2d(grad, kernel, stride=down, groups=grad.shape[1])
-        # Rows/columns of the padded input that no output pixel read (stride remainder) get zero gradient.
-        rest_y = size[0] + py0 + py1 - full.shape[2]
-        rest_x = size[1] + px0 + px1 - full.shape[3]
-        return F.pad(full, [-px0, rest_x - px1, -py0, rest_y - py1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        (kernel,) = ctx.saved_tensors
-        return _DepthwiseFIR.apply(grad, kernel, ctx.down, ctx.pads), None, None, None, None
-
-
-def upsample2d(x, f, up=2):
-    """Upsample by `up` with filter f, keeping the image aligned (NVlabs' upsample2d, gain up**2)."""
-    fh, fw = f.shape
-    pad = [(fw + up - 1) // 2, (fw - up) // 2, (fh + up - 1) // 2, (fh - up) // 2]
-    return upfirdn2d(x, f, up=up, padding=pad, gain=up * up)
-
-
-def downsample2d(x, f, down=2):
-    """Downsample by `down` after low-pass filtering with f (NVlabs' downsample2d)."""
-    fh, fw = f.shape
-    pad = [(fw - down + 1) // 2, (fw - down) // 2, (fh - down + 1) // 2, (fh - down) // 2]
-    return upfirdn2d(x, f, down=down, padding=pad)
-
-
-# Winograd F(4x4, 3x3) for the big stride-1 3x3 convolutions on CPU: a quarter of the multiply-adds of the
-# direct convolution, which on a CPU is the only way left to speed up fp32 training (mura_aug.gan.winograd;
-# bench/results/winograd_cpu.md). Same results up to float rounding. A module-level switch so benchmarks
-# and tests can compare both (bench_networks.py --winograd off|both).
-CPU_WINOGRAD = True
-
-
-def _conv(x, w, bias=None, stride=1, padding=0, groups=1, flip_weight=True):
-    # flip_weight=True is a correlation (what conv2d computes); False a true convolution.
-    if not flip_weight:
-        w = w.flip([2, 3])
-    if (CPU_WINOGRAD and stride == 1 and padding == 1 and groups == 1 and w.shape[2:] == (3, 3)
-            and x.device.type == "cpu" and x.dtype == torch.float32 and winograd.worthwhile(x, w)):
-        x = winograd.conv3x3(x, w)
-        return x if bias is None else x + bias.reshape(1, -1, 1, 1)
-    return F.conv2d(x, w, bias, stride=stride, padding=padding, groups=groups)
-
-
-def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight=True, bias=None):
-    """Convolution with integrated up- or downsampling, with NVlabs' semantics: up: upsample with f and
-    gain up**2, pad, convolve with w; down: pad, convolve with w, downsample with f. Each case is executed
-    the cheap way (transposed conv for up, strided conv for down). `bias` (per output channel) is added
-    at the end, inside the convolution where possible."""
-    out_channels, in_per_group, kh, kw = w.shape
-    if up > 1 and down > 1:
-        raise ValueError("conv2d_resample: up and down together is not used by these networks")
-    if up == 1 and down == 1:
-        return _conv(x, w, bias, padding=padding, groups=groups, flip_weight=flip_weight)
-    fh, fw = f.shape
-    if down > 1:
-        p0 = padding + (fw - down + 1) // 2
-        p1 = padding + (fw - down) // 2
-        if kh == 1 and kw == 1:  # 1x1: downsample first, so the conv runs on 1/down**2 of the pixels
-            x = upfirdn2d(x, f, down=down, padding=[p0, p1, p0, p1])
-            return _conv(x, w, bias, groups=groups, flip_weight=flip_weight)
-        x = upfirdn2d(x, f, padding=[p0, p1, p0, p1])
-        return _conv(x, w, bias, stride=down, groups=groups, flip_weight=flip_weight)
-    # Upsampling: transposed conv with stride `up` (zero stuffing + convolution), then the FIR filter.
-    p0 = padding + (fw + up - 1) // 2 - (kw - 1)
-    p1 = padding + (fw - up) // 2 - (kw - up)
-    if groups == 1:
-        wt = w.transpose(0, 1)
-    else:
-        wt = w.reshape(groups, out_channels // groups, in_per_group, kh, kw).transpose(1, 2)
-        wt = wt.reshape(groups * in_per_group, out_channels // groups, kh, kw)
-    if flip_weight:  # conv_transpose2d convolves; a correlation needs the flipped kernel
-        wt = wt.flip([2, 3])
-    pt = max(min(-p0, -p1), 0)
-    x = F.conv_transpose2d(x, wt, stride=up, padding=pt, groups=groups)
-    x = upfirdn2d(x, f, padding=[p0 + pt, p1 + pt, p0 + pt, p1 + pt], gain=up * up)
-    return x if bias is None else x + bias.reshape(1, -1, 1, 1)
-
-
-def bias_act(x, b=None, act="linear", gain=None, clamp=None):
-    """Add a per-channel bias, apply the activation, scale by gain (default: the activation's gain that
-    keeps unit variance), clamp to [-clamp, clamp] when clamp is given."""
-    if b is not None:
-        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
-    if act == "lrelu":
-        x = F.leaky_relu(x, LRELU_SLOPE)
-    elif act == "relu":
-        x = F.relu(x)
-    elif act != "linear":
-        raise ValueError(f"activation {act!r} is not supported (linear, relu, lrelu)")
-    gain = ACTIVATION_GAINS[act] if gain is None else float(gain)
-    if gain != 1:
-        x = x * gain
-    return _clamp(x, clamp)
-
-
-def _clamp(x, clamp):
-    # hardtanh == clamp(-c, c) forward; its backward is one fused kernel where clamp's takes four passes.
-    if clamp is None or clamp < 0:
-        return x
-    return F.hardtanh(x, -float(clamp), float(clamp))
-
-
-def normalize_2nd_moment(x, dim=1, eps=1e-8):
-    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+# The modulated convolution (the paper's eq. 1-3: modulate, convolve, demodulate)
 
 
 def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_filter=None,
@@ -287,7 +86,7 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
         styles = styles * out_gain
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
-        x = conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding,
+        x = ops.conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding,
                             flip_weight=flip_weight)
         if scale is not None:
             scale = scale.to(x.dtype).reshape(batch, -1, 1, 1)
@@ -298,41 +97,11 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
         w = w * scale.reshape(batch, -1, 1, 1, 1)
     x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, in_channels, kh, kw)
-    x = conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, padding=padding, groups=batch,
+    x = ops.conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, padding=padding, groups=batch,
                         flip_weight=flip_weight)
     x = x.reshape(batch, -1, *x.shape[2:])
     return x if shift is None else x + shift
 
-
-def _activate(x, act, clamp):
-    """The activation without its gain (already folded into the layer's weights), then the clamp."""
-    if act == "lrelu":
-        x = F.leaky_relu(x, LRELU_SLOPE)
-    elif act == "relu":
-        x = F.relu(x)
-    elif act != "linear":
-        raise ValueError(f"activation {act!r} is not supported (linear, relu, lrelu)")
-    return _clamp(x, clamp)
-
-
-# Channels-last (NHWC) activations on CPU: a bare 512->512 3x3 conv (4x512x32x32, forward + backward) runs
-# 8 % faster with 1 thread and 15 % with 2, but the whole networks ran 5-10 % *slower* (auto, 32 px, CPU
-# seconds per training phase; weight reorders and the elementwise ops cost more than the convs gain), so it
-# is off. A module-level switch so benchmarks can compare both layouts (bench_networks.py --channels-last).
-CPU_CHANNELS_LAST = False
-
-
-def _block_memory_format(fp16_channels_last: bool, dtype, device: torch.device):
-    if dtype == torch.float16 and fp16_channels_last:  # NVlabs' option for tensor cores
-        return torch.channels_last
-    if device.type == "cpu" and CPU_CHANNELS_LAST:
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _block_dtype(use_fp16: bool, device: torch.device, force_fp32: bool):
-    # Half precision only where it pays: on CUDA. On CPU float16 convolutions are slow and inexact.
-    return torch.float16 if use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -360,7 +129,7 @@ class FullyConnectedLayer(torch.nn.Module):
                 b = b * self.bias_gain
         if self.activation == "linear" and b is not None:
             return torch.addmm(b.unsqueeze(0), x, w.t())
-        return bias_act(x.matmul(w.t()), b, act=self.activation)
+        return ops.bias_act(x.matmul(w.t()), b, act=self.activation)
 
 
 class Conv2dLayer(torch.nn.Module):
@@ -375,10 +144,10 @@ class Conv2dLayer(torch.nn.Module):
         self.up = up
         self.down = down
         self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.register_buffer("resample_filter", ops.setup_filter(resample_filter))
         self.padding = kernel_size // 2
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
-        self.act_gain = ACTIVATION_GAINS[activation]
+        self.act_gain = ops.ACTIVATION_GAINS[activation]
         weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
         bias_value = torch.zeros([out_channels]) if bias else None
         if trainable:
@@ -397,10 +166,10 @@ class Conv2dLayer(torch.nn.Module):
         scale = self.act_gain * gain
         w = self.weight * (self.weight_gain * scale)
         b = self.bias * scale if self.bias is not None else None
-        x = conv2d_resample(x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down,
+        x = ops.conv2d_resample(x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down,
                             padding=self.padding, flip_weight=(self.up == 1),
                             bias=None if b is None else b.to(x.dtype))
-        return _activate(x, self.activation, self.conv_clamp * gain if self.conv_clamp is not None else None)
+        return ops.activate(x, self.activation, self.conv_clamp * gain if self.conv_clamp is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -442,10 +211,10 @@ class MappingNetwork(torch.nn.Module):
         x = None
         if self.z_dim > 0:
             _check_shape(z, self.z_dim, "z")
-            x = normalize_2nd_moment(z.to(torch.float32))
+            x = ops.normalize_2nd_moment(z.to(torch.float32))
         if self.c_dim > 0:
             _check_shape(c, self.c_dim, "c")
-            y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
+            y = ops.normalize_2nd_moment(self.embed(c.to(torch.float32)))
             x = torch.cat([x, y], dim=1) if x is not None else y
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
@@ -487,9 +256,9 @@ class SynthesisLayer(torch.nn.Module):
         self.use_noise = use_noise
         self.activation = activation
         self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.register_buffer("resample_filter", ops.setup_filter(resample_filter))
         self.padding = kernel_size // 2
-        self.act_gain = ACTIVATION_GAINS[activation]
+        self.act_gain = ops.ACTIVATION_GAINS[activation]
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)  # styles start around 1
         self.weight = torch.nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
         if use_noise:
@@ -511,7 +280,7 @@ class SynthesisLayer(torch.nn.Module):
         x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=(self.up == 1),
                              fused_modconv=fused_modconv, bias=self.bias, out_gain=self.act_gain * gain)
-        return _activate(x, self.activation, self.conv_clamp * gain if self.conv_clamp is not None else None)
+        return ops.activate(x, self.activation, self.conv_clamp * gain if self.conv_clamp is not None else None)
 
 
 class ToRGBLayer(torch.nn.Module):
@@ -530,7 +299,7 @@ class ToRGBLayer(torch.nn.Module):
     def forward(self, x, w, fused_modconv=True):
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv, bias=self.bias)
-        return _clamp(x, self.conv_clamp)
+        return ops.clamp_to(x, self.conv_clamp)
 
 
 class SynthesisBlock(torch.nn.Module):
@@ -557,7 +326,7 @@ class SynthesisBlock(torch.nn.Module):
         self.architecture = architecture
         self.use_fp16 = use_fp16
         self.channels_last = use_fp16 and fp16_channels_last
-        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.register_buffer("resample_filter", ops.setup_filter(resample_filter))
         self.num_conv = 0
         self.num_torgb = 0
         if in_channels == 0:
@@ -576,8 +345,8 @@ class SynthesisBlock(torch.nn.Module):
 
     def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, **layer_kwargs):
         w_iter = iter(ws.unbind(dim=1))
-        dtype = _block_dtype(self.use_fp16, ws.device, force_fp32)
-        memory_format = _block_memory_format(self.channels_last, dtype, ws.device)
+        dtype = ops.block_dtype(self.use_fp16, ws.device, force_fp32)
+        memory_format = ops.block_memory_format(self.channels_last, dtype)
         if fused_modconv is None:
             # Per-sample weights (one grouped conv) pay off for inference on CUDA, as in NVlabs. Training,
             # and CPU batches (measured 1.5x faster at 128 px, batch 8), run faster with one shared conv.
@@ -593,7 +362,7 @@ class SynthesisBlock(torch.nn.Module):
             x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
             x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
         if img is not None:
-            img = upsample2d(img, self.resample_filter)
+            img = ops.upsample2d(img, self.resample_filter)
         y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
         y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
         img = img + y if img is not None else y
@@ -604,7 +373,7 @@ class SynthesisNetwork(torch.nn.Module):
     def __init__(self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, num_fp16_res=0,
                  **block_kwargs):
         super().__init__()
-        img_resolution = _check_resolution(img_resolution, "Generator")
+        img_resolution = check_resolution(img_resolution, "Generator img_resolution")
         self.init_kwargs = _plain(dict(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
                                        channel_base=channel_base, channel_max=channel_max,
                                        num_fp16_res=num_fp16_res, **block_kwargs))
@@ -694,7 +463,7 @@ class DiscriminatorBlock(torch.nn.Module):
         self.architecture = architecture
         self.use_fp16 = use_fp16
         self.channels_last = use_fp16 and fp16_channels_last
-        self.register_buffer("resample_filter", setup_filter(resample_filter))
+        self.register_buffer("resample_filter", ops.setup_filter(resample_filter))
         self.num_layers = 0
 
         def trainable():  # the first `freeze_layers` layers of D (counted from the image side) stay fixed
@@ -714,8 +483,8 @@ class DiscriminatorBlock(torch.nn.Module):
 
     def forward(self, x, img, force_fp32=False):
         device = (x if x is not None else img).device
-        dtype = _block_dtype(self.use_fp16, device, force_fp32)
-        memory_format = _block_memory_format(self.channels_last, dtype, device)
+        dtype = ops.block_dtype(self.use_fp16, device, force_fp32)
+        memory_format = ops.block_memory_format(self.channels_last, dtype)
         if x is not None:
             x = x.to(dtype=dtype, memory_format=memory_format)
         if self.in_channels == 0:
@@ -794,7 +563,7 @@ class Discriminator(torch.nn.Module):
                  channel_max=512, num_fp16_res=0, conv_clamp=None, cmap_dim=None, block_kwargs={},
                  mapping_kwargs={}, epilogue_kwargs={}):
         super().__init__()
-        img_resolution = _check_resolution(img_resolution, "Discriminator")
+        img_resolution = check_resolution(img_resolution, "Discriminator img_resolution")
         self.init_kwargs = _plain(dict(c_dim=c_dim, img_resolution=img_resolution, img_channels=img_channels,
                                        architecture=architecture, channel_base=channel_base,
                                        channel_max=channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp,

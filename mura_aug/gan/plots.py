@@ -133,14 +133,6 @@ def runs_table(workspace):
                                        "size_MB", "last_change"])
 
 
-def newest_run(workspace, label: Optional[str] = None):
-    """The most recently changed run folder (of `label` when given); None when there is none."""
-    from mura_aug.gan.snapshot import list_runs
-
-    runs = [r for r in list_runs(workspace) if label is None or r.label == label]
-    return max(runs, key=lambda r: r.mtime).path if runs else None
-
-
 # --- the fakes' metrics: over training (stats.jsonl), closest fake/real pairs, measured snapshots ---------
 
 # Keys the training loop may use for the progress of a tick (ours, NVlabs' stats.jsonl, raw image count).

@@ -3,7 +3,7 @@
 A run folder `data/experiments/<run>/` holds, per snapshot at K kimg (K formatted `%010.3f` so names sort):
   state-<K>kimg.pt    everything needed to continue bit for bit (networks, optimizers, ADA, RNG states, ...)
   network-<K>kimg.pt  the light inference file (G_ema + constructor kwargs; see network_file.py)
-  fakes-<K>kimg.png   a grid of fakes from fixed latents
+  fakes-<K>kimg.png   a grid of fakes of fixed seeds (gan.sampling: the images stage 05 makes of those seeds)
 
 Every file is written to a temporary name in the same folder, fsynced, checked and renamed (workspace.atomic_path),
 so a Colab disconnect or a SIGKILL mid-write leaves the previous snapshot as it was. A state file holds only
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from mura_aug.errors import UserError
+from mura_aug.gan import sampling
 from mura_aug.workspace import (SNAPSHOT_NAME, RunFolder, Workspace, atomic_path, atomic_write_text,
                                 free_bytes)
 
@@ -213,6 +214,43 @@ def remove_stale_temporaries(run_dir: PathLike) -> List[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+# --- the image grids: reals.png and fakes-<K>kimg.png ---------------------------------------------------
+
+def grid_shape(resolution: int) -> Tuple[int, int]:
+    """(rows, cols) of a run's image grids: about 1k px wide, 4 to 8 columns, at most 32 images."""
+    cols = int(min(8, max(4, 1024 // resolution)))
+    return 4, cols
+
+
+def save_image_grid(images_uint8, rows: int, cols: int, path: PathLike) -> Path:
+    """Tile uint8 NCHW images (row by row) into one PNG, written atomically."""
+    import numpy as np
+    from PIL import Image
+
+    n, channels, height, width = images_uint8.shape
+    grid = np.zeros((rows * height, cols * width, channels), dtype=np.uint8)
+    for index in range(min(n, rows * cols)):
+        r, c = divmod(index, cols)
+        grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = images_uint8[index].transpose(1, 2, 0)
+    image = Image.fromarray(grid[..., 0] if channels == 1 else grid)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_fakes_grid(G, seed: int, path: PathLike) -> Path:
+    """The fakes grid of a snapshot: image i is seed `seed + i` (gan.sampling, so stage 05 and the widgets
+    draw the same image for that seed); a class-conditional G shows negatives in the top half and positives
+    in the bottom half."""
+    rows, cols = grid_shape(int(G.img_resolution))
+    count = rows * cols
+    classes = None
+    if G.c_dim > 0:
+        classes = ["negative" if index < count // 2 else "positive" for index in range(count)]
+    images = sampling.generate_array(G, range(int(seed), int(seed) + count), classes)
+    return save_image_grid(images, rows, cols, path)
 
 
 # --- the stats log -----------------------------------------------------------------------------------

@@ -1,0 +1,253 @@
+"""The low-level operations under StyleGAN2's layers, and the CPU-only speed machinery beside them.
+
+networks.py builds the model from these (it reads like the paper; this module is how its pieces are computed):
+- FIR resampling with NVlabs' semantics (`upfirdn2d`, `upsample2d`, `downsample2d`), written with depthwise
+  conv2d / conv_transpose2d instead of NVlabs' compiled CUDA op, through a pair of autograd Functions whose
+  backward is the adjoint FIR (see `_DepthwiseFIR`);
+- convolution with integrated up/downsampling (`conv2d_resample`), with the Winograd switch for the big
+  stride-1 3x3 convolutions on a CPU (`CPU_WINOGRAD`, mura_aug.gan.winograd);
+- bias + activation + gain + clamp (`bias_act`, `activate`, `clamp_to`) as ordinary tensor ops;
+- the dtype and memory format of a block (`block_dtype`, `block_memory_format`).
+Everything runs on CPU and CUDA with any torch >= 2.1; results match NVlabs' ops to float rounding.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mura_aug.gan import winograd
+
+LRELU_SLOPE = 0.2  # leaky ReLU negative slope, as in NVlabs' bias_act
+ACTIVATION_GAINS = {"linear": 1.0, "relu": math.sqrt(2), "lrelu": math.sqrt(2)}  # keeps unit variance
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FIR resampling
+
+
+def setup_filter(taps=(1, 3, 3, 1)) -> torch.Tensor:
+    """The 2-D resampling filter NVlabs stores in every `resample_filter` buffer: outer product of the
+    1-D taps, normalised to sum 1 (shape [len, len])."""
+    f = torch.as_tensor(taps, dtype=torch.float32)
+    if f.ndim == 1:
+        f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def _parse_padding(padding):
+    """int or [x0, x1, y0, y1] -> (x0, x1, y0, y1)."""
+    if isinstance(padding, int):
+        return padding, padding, padding, padding
+    if len(padding) == 2:
+        px, py = padding
+        return px, px, py, py
+    return tuple(padding)
+
+
+def _depthwise(f: torch.Tensor, channels: int, dtype) -> torch.Tensor:
+    # A real (contiguous) [C, 1, kh, kw] tensor, not an expanded view: oneDNN's depthwise kernels take a slow
+    # path for the zero-stride view (4x512x32x32, 4x4 taps, padding 2: forward 11.7 -> 2.5 ms on one core).
+    return f.to(dtype)[None, None].expand(channels, 1, *f.shape).contiguous()
+
+
+def upfirdn2d(x, f, up=1, down=1, padding=0, gain=1.0):
+    """NVlabs' upfirdn2d: insert up-1 zeros between pixels, pad (negative = crop) by padding=[x0, x1, y0,
+    y1], convolve with f (a true convolution) times gain, keep every down-th pixel. Written with
+    conv_transpose2d (upsampling: skips the multiplications with the inserted zeros) or a strided conv2d.
+    f must be symmetric-size 2-D; x is NCHW."""
+    px0, px1, py0, py1 = _parse_padding(padding)
+    channels = x.shape[1]
+    fh, fw = f.shape
+    kernel = _depthwise(f * gain, channels, x.dtype)
+    if up == 1:
+        # conv2d is a correlation: flip the taps to get a convolution.
+        return _DepthwiseFIR.apply(x, kernel.flip([2, 3]), down, (px0, px1, py0, py1))
+    if down != 1:
+        raise ValueError("upfirdn2d: upsampling and downsampling in one call is not needed here")
+    # conv_transpose2d(x, f, stride=up) is the full convolution of the zero-stuffed x with f; NVlabs'
+    # output pixel m is full[m + fh - 1 - pad0], so crop/pad the full result accordingly.
+    x = F.conv_transpose2d(x, kernel, stride=up, groups=channels)
+    return F.pad(x, [px0 - fw + 1, px1 + up - fw, py0 - fh + 1, py1 + up - fh])
+
+
+def _depthwise_fir(x, kernel, down, pads):
+    """Pad x by pads = (x0, x1, y0, y1) (negative = crop), correlate each channel with kernel [C, 1, kh, kw],
+    keep every down-th pixel."""
+    px0, px1, py0, py1 = pads
+    if px0 == px1 == py0 == py1 and px0 >= 0:
+        return F.conv2d(x, kernel, stride=down, padding=px0, groups=x.shape[1])  # no padded copy of x
+    return F.conv2d(F.pad(x, [px0, px1, py0, py1]), kernel, stride=down, groups=x.shape[1])
+
+
+class _DepthwiseFIR(torch.autograd.Function):
+    """_depthwise_fir with a hand-written adjoint as its backward. Autograd's own double backward of a
+    depthwise conv also computes the (unused) kernel gradient, one small conv per channel: on a CPU that was
+    ~20 % of the path-length and R1 phases. The filter is a constant (a buffer), so no kernel gradient here."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, down, pads):
+        ctx.save_for_backward(kernel)
+        ctx.down, ctx.pads, ctx.size = down, pads, tuple(x.shape[2:])
+        return _depthwise_fir(x, kernel, down, pads)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (kernel,) = ctx.saved_tensors
+        px0, px1, py0, py1 = ctx.pads
+        if ctx.down == 1:
+            # Adjoint of (pad, correlate): correlate with the flipped kernel, padded by (k - 1 - pad).
+            kh, kw = kernel.shape[2:]
+            pads = (kw - 1 - px0, kw - 1 - px1, kh - 1 - py0, kh - 1 - py1)
+            return _DepthwiseFIR.apply(grad, kernel.flip([2, 3]), 1, pads), None, None, None
+        return _DepthwiseFIRTranspose.apply(grad, kernel, ctx.down, ctx.pads, ctx.size), None, None, None
+
+
+class _DepthwiseFIRTranspose(torch.autograd.Function):
+    """Adjoint of _DepthwiseFIR with down > 1: zero-stuff, full correlation (conv_transpose2d), undo the pads;
+    its own backward is _DepthwiseFIR again, so any order of derivatives stays on these two."""
+
+    @staticmethod
+    def forward(ctx, grad, kernel, down, pads, size):
+        ctx.save_for_backward(kernel)
+        ctx.down, ctx.pads = down, pads
+        px0, px1, py0, py1 = pads
+        full = F.conv_transpose2d(grad, kernel, stride=down, groups=grad.shape[1])
+        # Rows/columns of the padded input that no output pixel read (stride remainder) get zero gradient.
+        rest_y = size[0] + py0 + py1 - full.shape[2]
+        rest_x = size[1] + px0 + px1 - full.shape[3]
+        return F.pad(full, [-px0, rest_x - px1, -py0, rest_y - py1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (kernel,) = ctx.saved_tensors
+        return _DepthwiseFIR.apply(grad, kernel, ctx.down, ctx.pads), None, None, None, None
+
+
+def upsample2d(x, f, up=2):
+    """Upsample by `up` with filter f, keeping the image aligned (NVlabs' upsample2d, gain up**2)."""
+    fh, fw = f.shape
+    pad = [(fw + up - 1) // 2, (fw - up) // 2, (fh + up - 1) // 2, (fh - up) // 2]
+    return upfirdn2d(x, f, up=up, padding=pad, gain=up * up)
+
+
+def downsample2d(x, f, down=2):
+    """Downsample by `down` after low-pass filtering with f (NVlabs' downsample2d)."""
+    fh, fw = f.shape
+    pad = [(fw - down + 1) // 2, (fw - down) // 2, (fh - down + 1) // 2, (fh - down) // 2]
+    return upfirdn2d(x, f, down=down, padding=pad)
+
+
+# Winograd F(4x4, 3x3) for the big stride-1 3x3 convolutions on CPU: a quarter of the multiply-adds of the
+# direct convolution, which on a CPU is the only way left to speed up fp32 training (mura_aug.gan.winograd;
+# bench/results/winograd_cpu.md). Same results up to float rounding. A module-level switch so benchmarks
+# and tests can compare both (bench_networks.py --winograd off|both).
+CPU_WINOGRAD = True
+
+
+def conv2d(x, w, bias=None, stride=1, padding=0, groups=1, flip_weight=True):
+    """conv2d with NVlabs' flip_weight switch: True is a correlation (what torch's conv2d computes), False a
+    true convolution. The big stride-1 3x3 convolutions on a CPU go through Winograd (CPU_WINOGRAD)."""
+    if not flip_weight:
+        w = w.flip([2, 3])
+    if (CPU_WINOGRAD and stride == 1 and padding == 1 and groups == 1 and w.shape[2:] == (3, 3)
+            and x.device.type == "cpu" and x.dtype == torch.float32 and winograd.worthwhile(x, w)):
+        x = winograd.conv3x3(x, w)
+        return x if bias is None else x + bias.reshape(1, -1, 1, 1)
+    return F.conv2d(x, w, bias, stride=stride, padding=padding, groups=groups)
+
+
+def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight=True, bias=None):
+    """Convolution with integrated up- or downsampling, with NVlabs' semantics: up: upsample with f and
+    gain up**2, pad, convolve with w; down: pad, convolve with w, downsample with f. Each case is executed
+    the cheap way (transposed conv for up, strided conv for down). `bias` (per output channel) is added
+    at the end, inside the convolution where possible."""
+    out_channels, in_per_group, kh, kw = w.shape
+    if up > 1 and down > 1:
+        raise ValueError("conv2d_resample: up and down together is not used by these networks")
+    if up == 1 and down == 1:
+        return conv2d(x, w, bias, padding=padding, groups=groups, flip_weight=flip_weight)
+    fh, fw = f.shape
+    if down > 1:
+        p0 = padding + (fw - down + 1) // 2
+        p1 = padding + (fw - down) // 2
+        if kh == 1 and kw == 1:  # 1x1: downsample first, so the conv runs on 1/down**2 of the pixels
+            x = upfirdn2d(x, f, down=down, padding=[p0, p1, p0, p1])
+            return conv2d(x, w, bias, groups=groups, flip_weight=flip_weight)
+        x = upfirdn2d(x, f, padding=[p0, p1, p0, p1])
+        return conv2d(x, w, bias, stride=down, groups=groups, flip_weight=flip_weight)
+    # Upsampling: transposed conv with stride `up` (zero stuffing + convolution), then the FIR filter.
+    p0 = padding + (fw + up - 1) // 2 - (kw - 1)
+    p1 = padding + (fw - up) // 2 - (kw - up)
+    if groups == 1:
+        wt = w.transpose(0, 1)
+    else:
+        wt = w.reshape(groups, out_channels // groups, in_per_group, kh, kw).transpose(1, 2)
+        wt = wt.reshape(groups * in_per_group, out_channels // groups, kh, kw)
+    if flip_weight:  # conv_transpose2d convolves; a correlation needs the flipped kernel
+        wt = wt.flip([2, 3])
+    pt = max(min(-p0, -p1), 0)
+    x = F.conv_transpose2d(x, wt, stride=up, padding=pt, groups=groups)
+    x = upfirdn2d(x, f, padding=[p0 + pt, p1 + pt, p0 + pt, p1 + pt], gain=up * up)
+    return x if bias is None else x + bias.reshape(1, -1, 1, 1)
+
+
+def bias_act(x, b=None, act="linear", gain=None, clamp=None):
+    """Add a per-channel bias, apply the activation, scale by gain (default: the activation's gain that
+    keeps unit variance), clamp to [-clamp, clamp] when clamp is given."""
+    if b is not None:
+        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
+    if act == "lrelu":
+        x = F.leaky_relu(x, LRELU_SLOPE)
+    elif act == "relu":
+        x = F.relu(x)
+    elif act != "linear":
+        raise ValueError(f"activation {act!r} is not supported (linear, relu, lrelu)")
+    gain = ACTIVATION_GAINS[act] if gain is None else float(gain)
+    if gain != 1:
+        x = x * gain
+    return clamp_to(x, clamp)
+
+
+def clamp_to(x, limit):
+    """x clamped to [-limit, limit]; None (or a negative limit) leaves it as it is."""
+    # hardtanh == clamp(-c, c) forward; its backward is one fused kernel where clamp's takes four passes.
+    if limit is None or limit < 0:
+        return x
+    return F.hardtanh(x, -float(limit), float(limit))
+
+
+def normalize_2nd_moment(x, dim=1, eps=1e-8):
+    """x / sqrt(mean(x^2)) along `dim` (the mapping network's input normalisation)."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def activate(x, act, limit):
+    """The activation without its gain (the layers fold the gain into their weights), then the clamp."""
+    if act == "lrelu":
+        x = F.leaky_relu(x, LRELU_SLOPE)
+    elif act == "relu":
+        x = F.relu(x)
+    elif act != "linear":
+        raise ValueError(f"activation {act!r} is not supported (linear, relu, lrelu)")
+    return clamp_to(x, limit)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Precision and memory layout of a block
+
+
+def block_dtype(use_fp16: bool, device: torch.device, force_fp32: bool):
+    """float16 for the blocks NVlabs runs in half precision, but only on CUDA: on a CPU float16
+    convolutions are slow and inexact."""
+    return torch.float16 if use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
+
+
+def block_memory_format(fp16_channels_last: bool, dtype):
+    """channels-last for float16 blocks built with fp16_channels_last (NVlabs' option for tensor cores),
+    NCHW otherwise. On a CPU channels-last measured 5-10 % slower for the whole networks
+    (docs/gan_networks.md), so it has no CPU switch."""
+    if dtype == torch.float16 and fp16_channels_last:
+        return torch.channels_last
+    return torch.contiguous_format
