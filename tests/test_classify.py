@@ -250,14 +250,6 @@ def test_a_rerun_under_the_new_names_skips_the_finished_runs(finished_experiment
     assert stored["early_stop_patience"] == 8 and stored["learning_rate"] == 1e-3
 
 
-def test_docs_parameter_table_is_the_settings_table():
-    from mura_aug.settings import TABLE_END, TABLE_START
-
-    page = (REPO / "docs" / "stage_06_evaluate.md").read_text()
-    start = TABLE_START.format(name="EvalSettings")
-    assert page.split(start, 1)[1].split(TABLE_END, 1)[0].strip() == EvalSettings.markdown_table()
-
-
 # --- models ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch", ["densenet169", "resnet50", "tiny"])

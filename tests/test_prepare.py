@@ -338,14 +338,6 @@ def test_command_line_and_notebook_parameters_give_the_same_settings(demo_mura):
     assert PrepareSettings.from_args(parser.parse_args(["--mura", str(demo_mura), *typed[2:]])) == from_cli
 
 
-def test_docs_parameter_table_is_the_settings_table():
-    from mura_aug.settings import TABLE_END, TABLE_START
-
-    page = (Path(__file__).resolve().parent.parent / "docs" / "stage_01_prepare.md").read_text()
-    start = TABLE_START.format(name="PrepareSettings")
-    assert page.split(start, 1)[1].split(TABLE_END, 1)[0].strip() == PrepareSettings.markdown_table()
-
-
 def test_cli_refuses_a_bad_resolution(demo_mura, tmp_path, capsys):
     status = cli.main(["prepare", "--mura", str(demo_mura), "--workspace", str(tmp_path / "ws"),
                        "--resolution", "100", "--no-progress"])

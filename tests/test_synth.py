@@ -16,7 +16,6 @@ from PIL import Image, ImageEnhance
 from mura_aug import cli
 from mura_aug.errors import UserError
 from mura_aug.gan import sampling
-from mura_aug.settings import TABLE_END, TABLE_START
 from mura_aug.synth import filters, generate, grids, manifest, snapshots, stage
 from mura_aug.synth.settings import SynthSettings
 from synth_helpers import (add_tiny_run, add_tiny_run_with_state, compose_grid, grey, random_tiles,
@@ -469,13 +468,6 @@ def test_settings_have_one_name_in_notebooks_and_stored_form():
 def test_impossible_settings_name_the_setting(values, named):
     with pytest.raises(UserError, match=named):
         SynthSettings(**values).check()
-
-
-def test_docs_parameter_table_is_the_settings_table():
-    text = DOCS_PAGE.read_text(encoding="utf-8")
-    start = TABLE_START.format(name="SynthSettings")
-    assert start in text and TABLE_END in text.split(start, 1)[1]
-    assert text.split(start, 1)[1].split(TABLE_END, 1)[0].strip() == SynthSettings.markdown_table()
 
 
 def test_cli_synth(synth_workspace, capsys):

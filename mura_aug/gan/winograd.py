@@ -18,7 +18,6 @@ Layout of the transformed tensors: [36, tiles, channels] with tiles = N * tiles_
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 OUTPUT_TILE = 4  # px: each tile yields 4x4 output pixels
 INPUT_TILE = OUTPUT_TILE + 2  # px: ... from 6x6 input pixels (3x3 kernel)
