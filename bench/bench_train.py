@@ -78,8 +78,10 @@ def run_setting(name, workdir: Path, threads: int, log):
         import shutil
 
         shutil.rmtree(stale)
+    # cpu_ok: the point here is to time a CPU, also where training a full-size network on it takes weeks
     settings = RunSettings(label="positive", cfg=cfg, resolution=resolution, batch=batch, kimg=ticks_run * tick_kimg,
-                           kimg_per_tick=tick_kimg, snap=10_000, device="cpu", progress=False, run=run, keep=1)
+                           kimg_per_tick=tick_kimg, snap=10_000, device="cpu", progress=False, run=run, keep=1,
+                           cpu_ok=True)
     loop.train(workspace.root, settings, on_tick=on_tick, log=lambda text: None)
     result = dict(name=name, cfg=cfg, resolution=resolution, batch=batch_size, threads=threads,
                   images=count, ticks=len(ticks), extrapolated=extrapolated, load=os.getloadavg())

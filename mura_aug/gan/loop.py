@@ -41,7 +41,7 @@ import torch
 
 from mura_aug.devices import autocast_dtype, resolve_device, reuse_freed_cpu_memory
 from mura_aug.errors import UserError
-from mura_aug.gan import rng, snapshot, transfer
+from mura_aug.gan import estimates, rng, snapshot, transfer
 from mura_aug.gan.configs import TrainConfig, make_config
 from mura_aug.gan.dataset import (CLASS_NAMES, DataSampler, batch_tensors, choose_source, classes_of,
                                   load_training_images)
@@ -78,6 +78,10 @@ def train(workspace, settings: RunSettings, on_tick: Optional[Callable[[Dict[str
     workspace = resolve_workspace(workspace, create=is_writer)  # the other ranks only read
     start = _plan(workspace, settings, log if is_writer else None)
     device = resolve_device(start.settings.device)  # a resumed run's own device unless the call names one
+    on_cpu = estimates.refuse_slow_cpu_run(start.settings.cfg, start.settings.resolution, start.settings.kimg,
+                                           device, start.settings.cpu_ok)
+    if on_cpu:
+        log(on_cpu)
     dist = Distributed(device)
     if start.settings.metrics_every > 0 and on_snapshot is None:
         log("metrics_every is set, but no on_snapshot measures anything: no metrics in stats.jsonl")
@@ -87,6 +91,21 @@ def train(workspace, settings: RunSettings, on_tick: Optional[Callable[[Dict[str
             return run.run()
     finally:
         run.lock.release()
+
+
+def preflight(workspace, settings: RunSettings) -> str:
+    """What a `train` call with `settings` is about to do, in one line, before it loads anything (notebooks
+    02/03 print it first): the run, the device and, on a CPU, how long a full-size network would take there.
+    Raises the same UserError as `train` for a full-size run at >= 128 px on a CPU without cpu_ok."""
+    workspace = resolve_workspace(workspace, create=False)
+    resolved = resolved_settings(workspace, settings)
+    resolution = resolved.resolution or choose_source(workspace, resolved.body_part,
+                                                      classes_of(resolved.label)[0], None)[1]
+    device = resolve_device(resolved.device)
+    line = (f"{resolved.cfg} at {resolution} px to {resolved.kimg:g} kimg on {device}"
+            f"{' (resuming ' + resolved.run + ')' if resolved.run and settings.resume else ''}")
+    on_cpu = estimates.refuse_slow_cpu_run(resolved.cfg, resolution, resolved.kimg, device, resolved.cpu_ok)
+    return f"{line}; {on_cpu}" if on_cpu else line
 
 
 def settings_to_resume(workspace, run: Optional[str] = None, body_part: Optional[str] = None,

@@ -87,6 +87,9 @@ class RunSettings(StageSettings):
     run: Optional[str] = setting(None, "run folder name under data/experiments; none = BODY-label-cfg-res",
                                  notebook=False)
     progress: bool = setting(True, "show a progress bar", notebook=False)
+    cpu_ok: bool = setting(False, "train a full-size network (auto, paper256, stylegan2) at 128 px or more on a "
+                           "CPU anyway: without it such a run stops at once with the time it would take (weeks) "
+                           "and how to switch to a GPU", stored=False)
     # Not a setting: the names the user set (CLI options typed, notebook parameters declared). A resume keeps
     # the run's value of every other run-control setting. None = all of them (a RunSettings built in Python).
     given_names: Optional[Tuple[str, ...]] = dataclasses.field(default=None, compare=False, repr=False)
@@ -94,7 +97,7 @@ class RunSettings(StageSettings):
     SHAPING = ("label", "body_part", "cfg", "resolution", "kimg_per_tick", "batch", "batch_gpu", "gamma", "mirror",
                "seed", "transfer", "freeze_d", "amp")
     RUN_CONTROL = ("kimg", "snap", "keep", "keep_networks_every", "max_minutes", "metrics_every", "metrics_fakes",
-                   "device", "compile", "channels_last", "progress")
+                   "device", "compile", "channels_last", "progress", "cpu_ok")
     # The other two say what a call does: `resume` is the call's own; `run` names the run (a resumed run's).
 
     # --- what the user gave ---------------------------------------------------------------------------

@@ -14,23 +14,54 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from mura_aug.errors import UserError
 
-REPO_URL = "https://github.com/mura-aug/mura_aug"
 NOTEBOOKS_DIR = Path(__file__).resolve().parent  # the .ipynb files are package data beside this module
 PACKAGE_PARENT = NOTEBOOKS_DIR.parent.parent  # the folder that holds mura_aug/ (a checkout, or site-packages)
+SOURCE_VARIABLE = "MURA_AUG_SOURCE"  # what the setup cell installs instead: a fork, a wheel, a folder on Drive
 
-# The first cell of every notebook: in Colab it installs the package (from the repository) when missing, and it
-# imports what the annotations of the parameters cell need (a cell of literals only cannot import).
-SETUP_CELL = f'''# Setup: works in Colab, local Jupyter and papermill. In Colab it installs mura_aug when it is missing;
-# Google Drive is mounted by the first call that needs the workspace.
-import importlib.util
-import subprocess
-import sys
-from typing import Optional  # the parameters cell's annotations use it
 
+def package_release() -> tuple:
+    """(version, repository address) of this mura_aug, from its metadata (pyproject.toml is their one owner)."""
+    from importlib import metadata
+
+    from mura_aug import __version__
+
+    try:
+        urls = metadata.metadata("mura_aug").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        urls = []
+    repository = next((url.split(",", 1)[1].strip() for url in urls if url.lower().startswith("repository,")), "")
+    if not repository or __version__ == "0+unknown":
+        raise UserError("This mura_aug has no package metadata (version, repository), so the notebooks' setup cell "
+                        "cannot be checked.", "Install it (pip install -e . in a checkout), then run again.")
+    return __version__, repository
+
+
+def setup_cell(version: Optional[str] = None, repository: Optional[str] = None) -> str:
+    """The first code cell of every notebook, for this release (version and repository from package_release).
+
+    In Colab it installs the notebook's own version when mura_aug is missing (the repository at the tag
+    v<version> while no release is on PyPI), or whatever MURA_AUG_SOURCE names; elsewhere a missing package is
+    a clear error saying how to install it: nothing is pip-installed into a user's own kernel unasked."""
+    if version is None or repository is None:
+        version, repository = package_release()
+    return f'''# Setup. This notebook is written for mura_aug {version}. In Colab it is installed when missing; elsewhere
+# install it yourself (the error says how). For a fork, a wheel or a folder on Drive (offline classrooms), set
+# {SOURCE_VARIABLE} first, e.g.  %env {SOURCE_VARIABLE}=/content/drive/MyDrive/mura_aug-{version}-py3-none-any.whl
+import importlib.util, os, subprocess, sys
+from typing import Optional, Union  # the annotations of the parameters cell use them
 if importlib.util.find_spec("mura_aug") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+{REPO_URL}"],
-                   check=True)
+    source = os.environ.get("{SOURCE_VARIABLE}") or "git+{repository}@v{version}"
+    if "google.colab" not in sys.modules:
+        raise ModuleNotFoundError(f"mura_aug is not installed for this kernel ({{sys.executable}}). Install it with "
+                                  f"{{sys.executable}} -m pip install '{{source}}' (or pip install -e . in a "
+                                  "checkout of the repository), then restart the kernel.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
+    importlib.invalidate_caches()  # so that this running kernel finds the package just installed
+import mura_aug
+if mura_aug.__version__ != "{version}":
+    print(f"Note: this notebook was written for mura_aug {version}; this kernel has {{mura_aug.__version__}}.")
 %matplotlib inline'''
+
 
 Cell = Union[str, Dict[str, str]]  # "code" source, or {"markdown": text} / {"code": src} / {"parameters": src}
 
@@ -44,7 +75,7 @@ def build_notebook(title_markdown: str, parameters_source: str, cells: Sequence[
     nb.metadata["language_info"] = {"name": "python"}
     nb.metadata["colab"] = {"provenance": []}
     nb.cells.append(nbformat.v4.new_markdown_cell(title_markdown))
-    nb.cells.append(nbformat.v4.new_code_cell(SETUP_CELL))
+    nb.cells.append(nbformat.v4.new_code_cell(setup_cell()))
     params = nbformat.v4.new_code_cell(parameters_source)
     params.metadata["tags"] = ["parameters"]
     nb.cells.append(params)
@@ -115,7 +146,7 @@ def execute_notebook(source: Union[str, os.PathLike], output: Union[str, os.Path
                         "Choose an output folder you can write to.") from exc
     partial = output.with_name(f".{output.stem}.running{output.suffix}")
     try:
-        with _kernel_imports_this_package(), _quiet_papermill_false_alarms(source):
+        with _kernel_imports_this_package():
             pm.execute_notebook(str(source), str(partial), parameters=parameters or {},
                                 cwd=str(cwd) if cwd else None, kernel_name="python3", progress_bar=progress,
                                 execution_timeout=timeout_s, log_output=log_output, **_kernel_transport())
@@ -165,43 +196,6 @@ def _fix_for(exc: BaseException) -> str:
     if name in ("CellTimeoutError", "TimeoutError"):
         return "raise the time limit or use smaller settings, then rerun (finished work is kept)."
     return "check that the notebook file is a valid .ipynb (restore it from git if it was damaged)."
-
-
-@contextlib.contextmanager
-def _quiet_papermill_false_alarms(source):
-    """Drop papermill's warnings about parameters it failed to parse itself.
-
-    papermill's own reader of the parameters cell gives up on some commented lines ("Unable to parse line
-    ...") and then warns "Passed unknown parameter" for names the cell does declare. Those warnings would send
-    users hunting for mistakes they did not make; genuinely unknown names still get papermill's warning.
-    """
-    import logging
-
-    try:
-        nb = read_notebook(source)
-        declared = set(parse_parameters_source(nb.cells[parameters_cells(nb)[0]].source))
-    except Exception:  # no or odd parameters cell: leave papermill's warnings alone
-        declared = set()
-
-    class _Filter(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            message = record.getMessage()
-            if message.startswith("Unable to parse line"):
-                return False
-            if message.startswith("Passed unknown parameter:"):
-                return message.split(":", 1)[1].strip() not in declared
-            return True
-
-    # A logger's filters see only records logged on it, so the module logger gets its own copy.
-    loggers = [logging.getLogger(name) for name in ("papermill", "papermill.translators")]
-    quiet = _Filter()
-    for logger in loggers:
-        logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(quiet)
 
 
 @contextlib.contextmanager
@@ -345,8 +339,9 @@ def lint_notebook(path: Union[str, os.PathLike]) -> List[str]:
     for index in notebook_has_outputs(path):
         problems.append(f"cell {index} has outputs or an execution count (strip them: nbtools.write_notebook)")
     code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
-    if not code_cells or "mura_aug" not in code_cells[0].source or "pip" not in code_cells[0].source:
-        problems.append("the first code cell is not the setup cell (nbtools.SETUP_CELL)")
+    if not code_cells or code_cells[0].source != setup_cell():
+        problems.append("the first code cell is not the setup cell of this release (nbtools.setup_cell(): the "
+                        "version and repository of pyproject.toml)")
     tagged = parameters_cells(nb)
     if len(tagged) != 1:
         problems.append(f"{len(tagged)} cells are tagged 'parameters' (exactly one is needed)")
