@@ -44,22 +44,20 @@ def setup_cell(version: Optional[str] = None, repository: Optional[str] = None) 
     a clear error saying how to install it: nothing is pip-installed into a user's own kernel unasked."""
     if version is None or repository is None:
         version, repository = package_release()
-    return f'''# Setup. This notebook is written for mura_aug {version}. In Colab it is installed when missing; elsewhere
-# install it yourself (the error says how). For a fork, a wheel or a folder on Drive (offline classrooms), set
-# {SOURCE_VARIABLE} first, e.g.  %env {SOURCE_VARIABLE}=/content/drive/MyDrive/mura_aug-{version}-py3-none-any.whl
+    return f'''# Setup for mura_aug {version}: Colab installs it when missing (elsewhere the error says how). For a fork,
+# a wheel or a folder on Drive, set {SOURCE_VARIABLE} first, e.g. %env {SOURCE_VARIABLE}=/content/drive/MyDrive/mura_aug
 import importlib.util, os, subprocess, sys
 from typing import Optional, Union  # the annotations of the parameters cell use them
 if importlib.util.find_spec("mura_aug") is None:
     source = os.environ.get("{SOURCE_VARIABLE}") or "git+{repository}@v{version}"
     if "google.colab" not in sys.modules:
-        raise ModuleNotFoundError(f"mura_aug is not installed for this kernel ({{sys.executable}}). Install it with "
-                                  f"{{sys.executable}} -m pip install '{{source}}' (or pip install -e . in a "
-                                  "checkout of the repository), then restart the kernel.")
+        raise ModuleNotFoundError(f"mura_aug is not installed for this kernel: {{sys.executable}} -m pip install "
+                                  f"'{{source}}' (or pip install -e . in a checkout), then restart the kernel.")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
     importlib.invalidate_caches()  # so that this running kernel finds the package just installed
 import mura_aug
 if mura_aug.__version__ != "{version}":
-    print(f"Note: this notebook was written for mura_aug {version}; this kernel has {{mura_aug.__version__}}.")
+    print(f"Note: this notebook is written for mura_aug {version}; this kernel has {{mura_aug.__version__}}.")
 %matplotlib inline'''
 
 
