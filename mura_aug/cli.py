@@ -6,7 +6,9 @@ stage's heavy imports do not slow the others). A command module provides:
     def add_arguments(parser: argparse.ArgumentParser) -> None
     def run(args: argparse.Namespace) -> int | None     # None means 0
 
-UserError ends the program with its message and exit status 2, without a traceback.
+UserError ends the program with its message and exit status 2, without a traceback; so does a file-system
+error (an OSError: a read-only or full disk, a dropped mount), as a UserError naming the path and the fix.
+An interrupt (Ctrl-C, SIGTERM) ends it with status 130, whatever was saved.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import importlib
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, from_os_error
 
 # command -> (module that implements it, one-line help)
 COMMANDS: Dict[str, Tuple[str, str]] = {
@@ -70,6 +72,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(status or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file-system error no stage turned into a UserError: still a message, no traceback
+        if exc.errno is None:
+            raise
+        print(f"error: {from_os_error(exc, f'running {command}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, from_os_error
 
 PathLike = Union[str, os.PathLike]
 
@@ -62,6 +62,18 @@ SNAPSHOT_NAME = re.compile(r"^(state|network|fakes)-(\d+\.\d+)kimg\.(pt|png)$")
 TABLE_NAMES = ("train", "valid", "train_positive", "train_negative")  # the tables stage 01 writes
 AUGMENTED_TABLE = "train_augmented"  # the table stage 05 writes
 SKIPPED_TABLE = "skipped_files"
+
+
+def check_name(kind: str, name: str) -> str:
+    """A name that becomes one folder or file-name part of the layout (a run, a body part, an experiment):
+    no path separators, no '..', not hidden, not empty, so that it can never point outside its folder."""
+    text = str(name)
+    if (not text or text in (".", "..") or text.startswith(".") or "/" in text or "\\" in text
+            or "\0" in text or os.sep in text or (os.altsep and os.altsep in text)):
+        raise UserError(f"The {kind} name {name!r} is not a plain name (it must not contain '/', '\\' or start "
+                        "with '.'), so it could point outside the workspace.",
+                        f"Use a plain {kind} name such as XR_SHOULDER-positive-tiny-32 (letters, digits, '-', '_').")
+    return text
 
 
 def kimg_tag(kimg: float) -> str:
@@ -197,7 +209,7 @@ class EvaluationRun:
 class Workspace:
     """Every path of the workspace layout (drive_layout.md): no other module joins layout names.
 
-    Creating a Workspace creates no folders; `ensure()` does."""
+    Creating a Workspace creates no folders; writing a file creates the folders it needs."""
 
     def __init__(self, root: PathLike):
         self.root = Path(root).expanduser().resolve()
@@ -236,6 +248,7 @@ class Workspace:
 
     def prepare_state(self, body_part: str) -> Path:
         """What stage 01 knows about its copies (sizes, mtimes, skipped sources); hidden next to the images."""
+        check_name("body part", body_part)
         return self.images / f".{body_part}_prepare_state.json"
 
     @property
@@ -246,9 +259,12 @@ class Workspace:
     def table(self, body_part: str, name: str) -> Path:
         """data/tables/<BODY>_<name>.csv (name: train, valid, train_positive, train_negative, skipped_files,
         train_augmented)."""
+        check_name("body part", body_part)
         return self.tables / f"{body_part}_{name}.csv"
 
     def prepare_summary(self, body_part: str) -> Path:
+        """data/tables/<BODY>_prepare_summary.json: what stage 01 did."""
+        check_name("body part", body_part)
         return self.tables / f"{body_part}_prepare_summary.json"
 
     @property
@@ -258,6 +274,7 @@ class Workspace:
 
     def dataset_zip(self, body_part: str, cls: str, resolution: int) -> Path:
         """data/datasets/<BODY>_<class>_<res>.zip: the GAN dataset of one class at `resolution` px."""
+        check_name("body part", body_part)
         return self.datasets / f"{body_part}_{cls}_{int(resolution)}.zip"
 
     def dataset_info(self, body_part: str, cls: str, resolution: int) -> Path:
@@ -277,8 +294,8 @@ class Workspace:
         return self.data / "experiments"
 
     def run(self, name: str) -> RunFolder:
-        """The folder of the GAN run `name` under data/experiments."""
-        return RunFolder(self.experiments / name)
+        """The folder of the GAN run `name` under data/experiments (a plain name: check_name)."""
+        return RunFolder(self.experiments / check_name("run", name))
 
     def runs(self) -> List[RunFolder]:
         """Every folder under data/experiments, by name."""
@@ -294,14 +311,16 @@ class Workspace:
     def augmented_dir(self, cls: str, body_part: str = "XR_SHOULDER") -> Path:
         """data/Augmented_Fakes/{positive,negative}/<BODY_PART without XR_>/, as in the original work."""
         _check_class(cls)
-        return self.augmented / cls / body_part_folder(body_part)
+        return self.augmented / cls / body_part_folder(check_name("body part", body_part))
 
     def fake_path(self, cls: str, body_part: str, run: str, kimg: float, seed: int) -> Path:
         """A generated fake: <run>_kimg<K>_seed<seed:06d>.png."""
+        check_name("run", run)
         return self.augmented_dir(cls, body_part) / f"{run}_kimg{kimg_tag(kimg)}_seed{int(seed):06d}.png"
 
     def tile_path(self, cls: str, body_part: str, run: str, kimg: float, tile: int) -> Path:
         """A tile cut from a fakes grid: <run>_kimg<K>_tile<index:06d>.png."""
+        check_name("run", run)
         return self.augmented_dir(cls, body_part) / f"{run}_kimg{kimg_tag(kimg)}_tile{int(tile):06d}.png"
 
     @property
@@ -310,6 +329,8 @@ class Workspace:
         return self.augmented / "manifest.csv"
 
     def synth_summary(self, body_part: str) -> Path:
+        """data/Augmented_Fakes/<BODY>_synth_summary.json: what stage 05's last call did, and its filters."""
+        check_name("body part", body_part)
         return self.augmented / f"{body_part}_synth_summary.json"
 
     def augmented_table(self, body_part: str) -> Path:
@@ -324,14 +345,15 @@ class Workspace:
 
     def evaluation_dir(self, body_part: str) -> Path:
         """results/evaluation/<BODY>/ (holds a copy of the latest experiment's summary)."""
+        check_name("body part", body_part)
         return self.results / "evaluation" / body_part
 
     def evaluation(self, body_part: str, experiment: str) -> EvaluationFolder:
-        return EvaluationFolder(self.evaluation_dir(body_part) / experiment)
+        return EvaluationFolder(self.evaluation_dir(body_part) / check_name("experiment", experiment))
 
     def metrics_dir(self, run: str) -> Path:
         """results/metrics/<run>/: the measured snapshots of one run."""
-        return self.results / "metrics" / run
+        return self.results / "metrics" / check_name("run", run)
 
     def metrics_result(self, run: str, snapshot: PathLike) -> Path:
         """results/metrics/<run>/<snapshot file name without suffix>.json (the CSV and figure beside it share
@@ -357,6 +379,7 @@ class Workspace:
 
     def training_array(self, body_part: str, label: str, resolution: int, key: str) -> Tuple[Path, Path]:
         """(images .npy, labels .npy) of one decoded training set; `key` fingerprints its sources."""
+        check_name("body part", body_part)
         stem = f"{body_part}_{label}_{int(resolution)}_{key}"
         return self.training_arrays / f"{stem}.images.npy", self.training_arrays / f"{stem}.labels.npy"
 
@@ -383,20 +406,24 @@ class Workspace:
         return self.root / ".mura_aug_demo_workspace.json"
 
     def ensure(self) -> "Workspace":
-        """Create the standard folders (idempotent)."""
+        """Create the empty standard folders (for tools and tests that write into them by hand; the stages
+        create what they write into themselves)."""
         try:
             for cls in CLASSES:
                 self.images_dir(cls).mkdir(parents=True, exist_ok=True)
             for path in (self.datasets, self.experiments, self.tables, self.results):
                 path.mkdir(parents=True, exist_ok=True)
-        except PermissionError as exc:
-            raise UserError(f"Cannot create the workspace folders under {self.root}: {exc.strerror}.",
-                            "Choose a workspace folder you can write to.") from exc
+        except OSError as exc:
+            raise from_os_error(exc, f"creating the workspace folders under {self.root}") from exc
         return self
 
 
-def resolve_workspace(root: Optional[PathLike] = None, create: bool = True) -> Workspace:
-    """The workspace for `root`; None means Google Drive in Colab and ./workspace elsewhere."""
+def resolve_workspace(root: Optional[PathLike] = None) -> Workspace:
+    """The workspace for `root`; None means Google Drive in Colab and ./workspace elsewhere.
+
+    Nothing is created here: each folder of the layout is made when the first file is written into it (by
+    atomic_path), so a command that fails before writing (a mistyped path, a bad parameter) leaves no empty
+    folder skeleton behind."""
     if isinstance(root, Workspace):
         workspace = root
     elif root is None or str(root) == "":
@@ -408,7 +435,7 @@ def resolve_workspace(root: Optional[PathLike] = None, create: bool = True) -> W
     if workspace.root.exists() and not workspace.root.is_dir():
         raise UserError(f"The workspace path {workspace.root} is a file, not a folder.",
                         "Pass a folder (it is created if missing).")
-    return workspace.ensure() if create else workspace
+    return workspace
 
 
 def _check_class(cls: str) -> None:
@@ -426,6 +453,24 @@ def _disk_full_error(path: Path, exc: OSError) -> UserError:
         "the stage picks up where it stopped.")
 
 
+def _process_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (os.umask can only be read by
+    setting it, which would race with threads writing files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)  # elsewhere: read it once, at import, before any thread writes
+    os.umask(current)
+    return current
+
+
+_UMASK = _process_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success fsync it and rename it over `path`.
@@ -437,7 +482,14 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=(suffix or final.suffix) + ".tmp",
                                     dir=final.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes the file private (0600); an output gets the permissions any program of the user's would
+        # give it (0666 less the umask), so a shared or group folder stays usable.
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    except (OSError, AttributeError):  # no fchmod (Windows) or a file system without modes (some FUSE mounts)
+        pass
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp

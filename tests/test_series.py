@@ -16,7 +16,9 @@ from mura_aug.notebooks import nbtools, series
 from mura_aug.workspace import Workspace
 
 # Every test notebook records the parameters it ran with into <WORKSPACE>/ran_<name>.json.
+# Like a stage, the cell makes the folder it writes into (resolving a workspace creates nothing).
 RECORD_CELL = '''import json, pathlib
+pathlib.Path(WORKSPACE).mkdir(parents=True, exist_ok=True)
 pathlib.Path(WORKSPACE, "ran_{name}.json").write_text(json.dumps(dict(BODY_PART=BODY_PART, STEPS=STEPS, **EXTRA)))'''
 
 

@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     print(stage.comparison_frame(summary).round(3).to_string(index=False))
     for sentence in summary["verdict"]:
         print(sentence)
-    workspace = resolve_workspace(args.workspace, create=False)
+    workspace = resolve_workspace(args.workspace)
     print(f"results: {stage.experiment_folder(workspace, settings).path}")
     return 0

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from mura_aug.devices import resolve_device
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, os_errors_as_user_errors
 from mura_aug.evaluate import study_metrics
 from mura_aug.evaluate.classifier import check_same_settings, train_run
 from mura_aug.evaluate.data import ImageCache, check_images_exist, choose_synthetic, concat, load_tables, \
@@ -62,10 +62,16 @@ def run_stage(workspace, settings: EvalSettings, progress: bool = True) -> Dict[
     """Train every (arm, seed) not finished yet, then write and return the summary with intervals.
 
     workspace: the Workspace (or its folder) that stage 01 prepared; it is never created here, so a mistyped
-    path fails instead of growing an empty workspace. progress: progress bars.
+    path fails instead of growing an empty workspace. progress: progress bars. A file-system error ends in a
+    UserError naming the path and the fix.
     """
+    with os_errors_as_user_errors(f"evaluating {settings.body_part}"):
+        return _evaluate(workspace, settings, progress)
+
+
+def _evaluate(workspace, settings: EvalSettings, progress: bool) -> Dict[str, object]:
     settings = settings.replace()  # a checked copy: the caller's object stays as it was
-    workspace = resolve_workspace(workspace, create=False)
+    workspace = resolve_workspace(workspace)
     if not workspace.tables.is_dir():
         raise UserError(f"{workspace.root} holds no prepared tables ({workspace.tables} is missing).",
                         "Pass the workspace that notebook 01 / `python -m mura_aug prepare` wrote to.")
@@ -236,7 +242,7 @@ def comparison_frame(summary: Dict[str, object]):
 
 def load_summary(workspace, settings: EvalSettings) -> Dict[str, object]:
     """The summary.json of the experiment of these settings (for plotting without retraining)."""
-    path = experiment_folder(resolve_workspace(workspace, create=False), settings).summary
+    path = experiment_folder(resolve_workspace(workspace), settings).summary
     if not path.is_file():
         raise UserError(f"No evaluation results at {path}.", "Run `python -m mura_aug evaluate` (notebook 06) first.")
     return json.loads(path.read_text())

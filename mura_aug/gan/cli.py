@@ -70,5 +70,5 @@ def runs_table(workspace, run: str = None) -> str:
 def run_runs(args: argparse.Namespace) -> int:
     from mura_aug.workspace import resolve_workspace
 
-    print(runs_table(resolve_workspace(args.workspace, create=False), args.run))
+    print(runs_table(resolve_workspace(args.workspace), args.run))
     return 0

@@ -75,7 +75,7 @@ def train(workspace, settings: RunSettings, on_tick: Optional[Callable[[Dict[str
     settings = settings.check()
     is_writer = this_rank() == 0  # only rank 0 writes files and talks
     log = log if is_writer else _quiet
-    workspace = resolve_workspace(workspace, create=is_writer)  # the other ranks only read
+    workspace = resolve_workspace(workspace)  # the other ranks only read
     start = _plan(workspace, settings, log if is_writer else None)
     device = resolve_device(start.settings.device)  # a resumed run's own device unless the call names one
     on_cpu = estimates.refuse_slow_cpu_run(start.settings.cfg, start.settings.resolution, start.settings.kimg,
@@ -97,7 +97,7 @@ def preflight(workspace, settings: RunSettings) -> str:
     """What a `train` call with `settings` is about to do, in one line, before it loads anything (notebooks
     02/03 print it first): the run, the device and, on a CPU, how long a full-size network would take there.
     Raises the same UserError as `train` for a full-size run at >= 128 px on a CPU without cpu_ok."""
-    workspace = resolve_workspace(workspace, create=False)
+    workspace = resolve_workspace(workspace)
     resolved = resolved_settings(workspace, settings)
     resolution = resolved.resolution or choose_source(workspace, resolved.body_part,
                                                       classes_of(resolved.label)[0], None)[1]
@@ -152,7 +152,7 @@ def resolved_settings(workspace, settings: RunSettings) -> RunSettings:
     """The settings a `train` call with `settings` will run with, read without loading a state or writing
     anything (the CLI wires the metrics callback from them): for a resume, the run's stored ones combined by
     RunSettings.for_resume."""
-    workspace = resolve_workspace(workspace, create=False)
+    workspace = resolve_workspace(workspace)
     run_dir = _run_to_continue(workspace, settings, log=None)
     if run_dir is None or not snapshot.read_training_options(run_dir):
         return settings

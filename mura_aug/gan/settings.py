@@ -22,6 +22,7 @@ from mura_aug.errors import UserError
 from mura_aug.gan.configs import CONFIG_NAMES
 from mura_aug.gan.dataset import LABELS
 from mura_aug.settings import StageSettings, check_resolution, flag_name, parameter_name, setting
+from mura_aug.workspace import check_name
 
 # Stored names of runs written before this version -> the setting's name.
 RENAMED = {"keep_states": "keep"}
@@ -183,6 +184,8 @@ class RunSettings(StageSettings):
         super().check()
         if self.resolution is not None:
             self.resolution = check_resolution(self.resolution, "RESOLUTION")
+        if self.run is not None:
+            check_name("run", self.run)  # a name under data/experiments, never a path out of it
         rules = [
             ("kimg", self.kimg > 0, "a positive number of thousand images, e.g. 500"),
             ("kimg_per_tick", self.kimg_per_tick > 0, "a positive number, e.g. 4 (or 0.1 on a CPU)"),

@@ -227,9 +227,16 @@ class FolderSource(MuraSource):
         start = self.location / folder_part if folder_part else self.location
         found: List[str] = []
         pending = [(start, f"{TOP}/{folder_part}/" if folder_part else f"{TOP}/")]
+        visited = set()  # (device, inode) of every folder walked: a symbolic link back up is walked once only
         while pending:
             folder, name_prefix = pending.pop()
             try:
+                identity = (folder.stat().st_dev, folder.stat().st_ino)
+                if identity in visited:
+                    warnings.warn(f"{folder} is a symbolic link to a folder already read (a link loop); it was "
+                                  "skipped.", MuraWarning, stacklevel=3)
+                    continue
+                visited.add(identity)
                 with os.scandir(folder) as entries:
                     for entry in entries:
                         name = name_prefix + entry.name
@@ -240,6 +247,10 @@ class FolderSource(MuraSource):
                             found.append(name)
             except (FileNotFoundError, NotADirectoryError):
                 continue
+            except OSError as exc:  # a link loop the walk cannot resolve, a folder we may not read, a dead mount
+                warnings.warn(f"The MURA folder {folder} cannot be read ({exc.strerror}); its images are left "
+                              "out (they appear in the skipped-files table when the CSV lists them).",
+                              MuraWarning, stacklevel=3)
         return sorted(found)
 
 
@@ -487,6 +498,13 @@ def _image_record(name: str, split: str, body_part: str) -> Tuple[Optional[dict]
     }, None
 
 
+def _first_column(lines: Iterable[str]) -> Tuple[List[str], int]:
+    """(the first field of every line, the most fields a line has). MURA's image-paths CSV has one column,
+    the path; a copy saved with an extra column (an index, a label) still lists its paths first."""
+    fields = [line.split(",") for line in lines if line.strip()]
+    return [row[0].strip() for row in fields], max((len(row) for row in fields), default=1)
+
+
 def _csv_labels(lines: Iterable[str], study_prefix: str) -> Tuple[Dict[str, int], int]:
     """study_id -> CSV label for studies under `study_prefix`, and how many lines could not be read."""
     labels: Dict[str, int] = {}
@@ -520,6 +538,9 @@ def _index_split(source: MuraSource, split: str, body_part: str, rows: list, ski
         candidates = present
     else:
         present_set = set(present)
+        listed, columns = _first_column(listed)
+        if columns > 1:
+            notes.setdefault("extra_columns", []).append(f"{paths_csv} has {columns} columns")
         candidates = list(dict.fromkeys(n for n in map(normalise_name, listed) if n.startswith(prefix)))
         listed_set = set(candidates)
         for name in candidates:
@@ -613,6 +634,10 @@ def _warn_notes(notes: dict, disagreements: list, body_part: str) -> None:
         unlabeled = notes["unlabeled"]
         warnings.warn(f"{len(unlabeled)} {body_part} stud(ies) are not in the labeled-studies CSV, e.g. "
                       f"{unlabeled[0]}; their folder-name labels are used unchecked.", MuraWarning, stacklevel=3)
+    if notes.get("extra_columns"):
+        warnings.warn(f"{'; '.join(notes['extra_columns'])}; MURA's image-paths CSV has one column, the image "
+                      "path: the first column was read as the path and the others were ignored.", MuraWarning,
+                      stacklevel=3)
     if notes.get("unreadable"):
         warnings.warn(f"Unreadable labeled-studies lines (expected 'path/,0' or 'path/,1'): "
                       f"{', '.join(notes['unreadable'])}.", MuraWarning, stacklevel=3)

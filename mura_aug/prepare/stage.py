@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, os_errors_as_user_errors
 from mura_aug.prepare.settings import PrepareSettings
 from mura_aug.workspace import (CLASSES, SKIPPED_TABLE, TABLE_NAMES, Workspace, atomic_path, atomic_write_bytes,
                                 atomic_write_json, atomic_write_text, resolve_workspace)
@@ -314,8 +314,35 @@ def run_stage(workspace, settings: PrepareSettings, progress: bool = True) -> di
     """Stage 01 (see the module docstring); returns the summary that it also writes as JSON.
 
     workspace: a Workspace or its folder (None: Google Drive in Colab, ./workspace elsewhere).
-    progress: show a progress bar.
+    progress: show a progress bar. A file-system error (a read-only or full disk, a dropped Drive mount, a
+    symbolic-link loop in MURA) ends in a UserError naming the path and the fix.
     """
+    with os_errors_as_user_errors(f"preparing {settings.body_part}"):
+        return _prepare(workspace, settings, progress)
+
+
+def _check_apart(workspace: Workspace, source) -> None:
+    """MURA is only read: refuse a workspace inside the MURA tree (stage 01 would write into it) and a MURA
+    tree inside the folders the stages write (data/, results/, weights/, the cache), where a rerun or a
+    clean-up could change it. MURA beside the workspace's folders (MyDrive/MURA-v1.1 with the workspace
+    MyDrive, as the README suggests) and the demo tree the workspace generates itself are fine."""
+    location = Path(source.location).resolve()
+    root = location if source.kind == "folder" else None  # a zip is one file: nothing can be written into it
+    outputs = (workspace.data, workspace.results, workspace.weights_cache, workspace.cache)
+    if root is not None and (workspace.root == root or root in workspace.root.parents):
+        raise UserError(f"The workspace {workspace.root} lies inside the MURA folder {root}: stage 01 would write "
+                        "its data/ and results/ into the tree it promises only to read.",
+                        "Choose a workspace outside MURA (e.g. its parent folder's sibling ./workspace, or "
+                        "MyDrive in Colab) and run again.")
+    inside = [folder for folder in outputs if folder.resolve() in (location, *location.parents)]
+    if inside:
+        raise UserError(f"MURA ({location}) lies inside the workspace's output folder {inside[0]}, which the "
+                        "stages write into and clean up.",
+                        f"Move MURA out of {inside[0]} (anywhere else, e.g. beside the workspace's data/ folder) "
+                        "and run again.")
+
+
+def _prepare(workspace, settings: PrepareSettings, progress: bool) -> dict:
     from mura_aug.prepare.mura import index_mura, open_mura
 
     settings = settings.replace()  # a checked copy: the caller's object stays as it was
@@ -327,6 +354,7 @@ def run_stage(workspace, settings: PrepareSettings, progress: bool = True) -> di
     seconds: Dict[str, float] = {}
 
     with open_mura(mura_path) as source:
+        _check_apart(workspace, source)
         clock = time.perf_counter()
         index = index_mura(source, body_part)
         seconds["index"] = time.perf_counter() - clock

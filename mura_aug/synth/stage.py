@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from mura_aug.errors import os_errors_as_user_errors
 from mura_aug.synth import filters, generate, grids, manifest, snapshots
 from mura_aug.synth.manifest import SynthResult
 from mura_aug.synth.settings import SynthSettings
@@ -76,7 +77,14 @@ def run_stage(workspace, settings: SynthSettings, progress: bool = True, scorer:
 
     scorer: a realism scorer(paths, cls) for DROP_FRACTION / MIN_SCORE instead of the runs' discriminators
     (e.g. `filters.classifier_scorer(model)`). log: where the picked runs and notes go (print by default).
+    A file-system error ends in a UserError naming the path and the fix.
     """
+    with os_errors_as_user_errors(f"making the fakes of {settings.body_part}"):
+        return _synthesize(workspace, settings, progress, scorer, log)
+
+
+def _synthesize(workspace, settings: SynthSettings, progress: bool, scorer: Optional[filters.Scorer],
+                log: Callable[[str], None]) -> StageResult:
     workspace = resolve_workspace(workspace)
     settings = settings.check()
     body_part = settings.body_part

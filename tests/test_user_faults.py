@@ -1,0 +1,192 @@
+"""An unlucky user's faults outside training (issue 15): each ends in a message naming the thing and the fix,
+and nothing the user owns is changed. Faults are injected at the OS call, not by mocking our own code."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mura_aug import cli
+from mura_aug.errors import UserError
+from mura_aug.prepare.mura import MuraWarning
+from mura_aug.workspace import Workspace
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tree_hashes(root: Path) -> dict:
+    """{relative path: sha1} of every file below `root` (links not followed), to prove it unchanged."""
+    hashes = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                hashes[path.relative_to(root).as_posix()] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def prepare(mura, workspace, *extra) -> int:
+    return cli.main(["prepare", "--mura", str(mura), "--workspace", str(workspace), "--resolution", "16",
+                     "--workers", "1", "--no-progress", *extra])
+
+
+@pytest.fixture
+def mura_copy(demo_mura, tmp_path) -> Path:
+    target = tmp_path / "MURA-v1.1"
+    shutil.copytree(demo_mura, target)
+    return target
+
+
+# --- containment ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../../../escaped", "a/b", ".hidden", ".."])
+def test_a_run_name_is_a_name_not_a_path(tmp_path, capsys, name):
+    status = cli.main(["train", "--workspace", str(tmp_path / "ws"), "--label", "positive", "--cfg", "tiny",
+                       "--run", name, "--device", "cpu", "--no-progress"])
+    assert status == 2
+    assert "is not a plain name" in capsys.readouterr().err
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "ws").exists()
+
+
+def test_the_workspace_may_not_be_the_mura_folder_or_inside_it(mura_copy, capsys):
+    before = tree_hashes(mura_copy)
+    for workspace in (mura_copy, mura_copy / "train" / "ws"):
+        assert prepare(mura_copy, workspace) == 2
+        assert "lies inside the MURA folder" in capsys.readouterr().err
+    assert tree_hashes(mura_copy) == before
+    assert not (mura_copy / "data").exists() and not (mura_copy / "results").exists()
+
+
+def test_mura_inside_an_output_folder_of_the_workspace_is_refused(demo_mura, tmp_path, capsys):
+    workspace = Workspace(tmp_path / "ws")
+    inside = workspace.data / "MURA-v1.1"
+    shutil.copytree(demo_mura, inside)
+    assert prepare(inside, workspace.root) == 2
+    assert "lies inside the workspace's output folder" in capsys.readouterr().err
+
+
+def test_mura_beside_the_workspaces_folders_is_fine(demo_mura, tmp_path):
+    # The README's Colab layout: MyDrive/MURA-v1.1 and the workspace MyDrive itself.
+    drive = tmp_path / "MyDrive"
+    shutil.copytree(demo_mura, drive / "MURA-v1.1")
+    before = tree_hashes(drive / "MURA-v1.1")
+    assert prepare(drive / "MURA-v1.1", drive) == 0
+    assert tree_hashes(drive / "MURA-v1.1") == before
+
+
+# --- file-system errors: a message with the path and the fix, in every stage, no traceback ---------------
+
+ERRNOS = [(errno.EROFS, "read-only"), (errno.EACCES, "you may read and write"), (errno.EIO, "force_remount"),
+          (errno.ENAMETOOLONG, "shorter"), (errno.ELOOP, "symbolic link"), (errno.ENOENT, "Check the path")]
+
+
+@pytest.mark.parametrize("code, fix", ERRNOS, ids=[errno.errorcode[code] for code, _ in ERRNOS])
+def test_prepare_turns_each_file_system_error_into_a_message(demo_mura, tmp_path, monkeypatch, capsys, code, fix):
+    workspace = tmp_path / "ws"
+    real_replace = os.replace
+
+    def failing_replace(src, dst, *args, **kwargs):
+        if str(dst).startswith(str(workspace)):  # only the workspace's writes fail, as on a bad disk
+            raise OSError(code, os.strerror(code), str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    assert prepare(demo_mura, workspace) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and os.strerror(code) in err and str(workspace) in err
+    assert "while preparing XR_SHOULDER" in err and fix in err
+
+
+def test_the_same_error_in_a_notebook_is_a_user_error(demo_mura, tmp_path, monkeypatch):
+    from mura_aug.prepare import stage
+    from mura_aug.prepare.settings import PrepareSettings
+
+    def read_only(src, dst, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+
+    monkeypatch.setattr(os, "replace", read_only)
+    with pytest.raises(UserError, match="Read-only file system") as caught:
+        stage.run_stage(tmp_path / "ws", PrepareSettings(mura_path=str(demo_mura), resolution=16, workers=1),
+                        progress=False)
+    assert "writable disk" in caught.value.fix
+
+
+@pytest.mark.parametrize("command", ["synth", "evaluate"])
+def test_a_read_only_workspace_in_stages_05_and_06_is_a_message(prepared_workspace, tmp_path, monkeypatch, capsys,
+                                                                command):
+    from synth_helpers import add_tiny_run
+
+    workspace = Workspace(tmp_path / "ws")
+    shutil.copytree(prepared_workspace.root, workspace.root)
+    if command == "synth":
+        add_tiny_run(workspace, "positive")
+        add_tiny_run(workspace, "negative", torch_seed=1)
+        argv = ["synth", "--workspace", str(workspace.root), "--n-per-class", "2", "--device", "cpu",
+                "--no-exclude-memorised", "--no-progress"]
+    else:
+        argv = ["evaluate", "--workspace", str(workspace.root), "--arch", "tiny", "--no-pretrained",
+                "--image-size", "32", "--epochs", "1", "--seeds", "1", "--arms", "baseline", "--workers", "0"]
+
+    def read_only(src, dst, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+
+    monkeypatch.setattr(os, "replace", read_only)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Read-only file system" in err and str(workspace.root) in err
+
+
+def test_a_symbolic_link_loop_inside_mura_is_skipped_with_a_warning(mura_copy, tmp_path):
+    patient = next((mura_copy / "train" / "XR_SHOULDER").iterdir())
+    (patient / "loop").symlink_to(patient.parent, target_is_directory=True)  # points back up the tree
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert prepare(mura_copy, tmp_path / "ws") == 0
+    assert any(issubclass(w.category, MuraWarning) and "link loop" in str(w.message) for w in caught)
+    train = pd.read_csv(Workspace(tmp_path / "ws").table("XR_SHOULDER", "train"))
+    assert not train["filename"].str.contains("/loop/").any()
+
+
+# --- messages that say what is true ----------------------------------------------------------------------
+
+def test_an_image_paths_csv_with_an_extra_column_is_read_by_its_first_column(mura_copy, tmp_path):
+    csv = mura_copy / "train_image_paths.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("".join(f"{line},{index}\n" for index, line in enumerate(lines)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert prepare(mura_copy, tmp_path / "with_column") == 0
+    assert any("train_image_paths.csv has 2 columns" in str(w.message) for w in caught)
+    csv.write_text("".join(f"{line}\n" for line in lines))
+    assert prepare(mura_copy, tmp_path / "plain") == 0
+    tables = [Workspace(tmp_path / name).table("XR_SHOULDER", "train").read_text() for name in ("with_column",
+                                                                                                 "plain")]
+    assert tables[0] == tables[1]
+
+
+# --- nothing left behind by a command that failed; outputs with the user's permissions -------------------
+
+def test_a_failed_command_leaves_no_folder_skeleton(tmp_path, capsys):
+    assert prepare(tmp_path / "no-such-mura", tmp_path / "ws") == 2
+    assert cli.main(["evaluate", "--workspace", str(tmp_path / "typo"), "--arch", "tiny", "--no-pretrained"]) == 2
+    assert cli.main(["synth", "--workspace", str(tmp_path / "typo2"), "--device", "cpu"]) == 2
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_outputs_get_the_users_permissions_not_private_ones(tmp_path, umask, mode):
+    code = ("import os, sys; os.umask(int(sys.argv[2], 8)); from mura_aug.workspace import atomic_write_text; "
+            "print(oct(os.stat(atomic_write_text(sys.argv[1], 'x')).st_mode & 0o777))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out.txt"), oct(umask)], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == oct(mode)
