@@ -95,14 +95,14 @@ def parse_run_name(name: str) -> Dict[str, object]:
     return {"body_part": "-".join(parts[:-3]), "label": parts[-3], "cfg": parts[-2], "resolution": int(parts[-1])}
 
 
-class RunFolder:
-    """The files of one GAN run folder (`data/experiments/<run>/`, or a run folder elsewhere given by path)."""
+class _Folder:
+    """A folder of the layout whose files the subclass names; usable as a path (os.fspath gives the folder)."""
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
 
     def __repr__(self) -> str:
-        return f"RunFolder({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -110,6 +110,10 @@ class RunFolder:
     @property
     def name(self) -> str:
         return self.path.name
+
+
+class RunFolder(_Folder):
+    """The files of one GAN run folder (`data/experiments/<run>/`, or a run folder elsewhere given by path)."""
 
     @property
     def options(self) -> Path:
@@ -150,14 +154,8 @@ class RunFolder:
         return sorted(self.path.glob("fakes*.png"))
 
 
-class EvaluationFolder:
+class EvaluationFolder(_Folder):
     """One stage-06 experiment: `results/evaluation/<BODY>/<arch>-<size>px-<imagenet|scratch>/`."""
-
-    def __init__(self, path: PathLike):
-        self.path = Path(path)
-
-    def __fspath__(self) -> str:
-        return str(self.path)
 
     @property
     def summary(self) -> Path:
@@ -179,18 +177,8 @@ class EvaluationFolder:
         return EvaluationRun(self.runs / name)
 
 
-class EvaluationRun:
+class EvaluationRun(_Folder):
     """One classifier training run of stage 06 (`runs/<baseline-seed<k> | augmented-x<ratio>-seed<k>>/`)."""
-
-    def __init__(self, path: PathLike):
-        self.path = Path(path)
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
 
     @property
     def checkpoint(self) -> Path:
