@@ -190,3 +190,96 @@ def test_outputs_get_the_users_permissions_not_private_ones(tmp_path, umask, mod
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == oct(mode)
+
+
+# =========================================================================================================
+# Issue 15, the training side: a run is its folder, a state proves what it is, cached arrays are checked,
+# file-system errors in training are messages, refused files are called what they are, an interrupt exits 130.
+# =========================================================================================================
+
+class RunsAShellCommand:
+    """Unpickling this would create `marker` (a file that must never appear)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def evil_torch_file(path, marker: Path, zip_format: bool = True, **payload):
+    import torch
+
+    torch.save({"format": "mura_aug.state", "G_kwargs": {}, "G_ema": {}, **payload,
+                "hook": RunsAShellCommand(marker)}, path, _use_new_zipfile_serialization=zip_format)
+    return path
+
+
+def assert_refused_plainly(text: str, path: Path) -> None:
+    assert "this file could not be verified as a safe weights-only file; it was not loaded" in text
+    assert str(path) in text or path.name in text
+    for misleading in ("weights_only=False", "weights_only` set to `False", "truncated", "arbitrary code"):
+        assert misleading not in text
+
+
+# --- refused files: what is true, never torch's advice to switch the check off --------------------------
+
+def test_a_refused_pt_file_is_called_unverifiable_everywhere_it_is_loaded(tmp_path, capsys):
+    from mura_aug.gan.network_file import load_generator
+    from mura_aug.gan.transfer import load_transfer_weights
+
+    marker = tmp_path / "code-ran"
+    evil = evil_torch_file(tmp_path / "network-000001.000kimg.pt", marker)
+    with pytest.raises(UserError) as caught:
+        load_generator(evil)
+    assert_refused_plainly(str(caught.value), evil)
+    with pytest.raises(UserError) as caught:
+        load_transfer_weights(str(evil), Workspace(tmp_path / "ws"), log=lambda text: None)
+    assert_refused_plainly(str(caught.value), evil)
+    status = cli.main(["train", "--workspace", str(tmp_path / "ws"), "--label", "positive", "--cfg", "tiny",
+                       "--resume", str(evil), "--device", "cpu", "--no-progress"])
+    assert status == 2
+    assert_refused_plainly(capsys.readouterr().err, evil)
+    assert not marker.exists()
+
+
+def test_a_refused_state_in_a_run_folder_is_skipped_as_unverifiable(tmp_path):
+    from mura_aug.gan import snapshot
+
+    marker = tmp_path / "code-ran"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    evil = evil_torch_file(run_dir / "state-000009.000kimg.pt", marker)
+    messages = []
+    with pytest.warns(RuntimeWarning) as caught:
+        info, state = snapshot.load_newest_state(run_dir, log=messages.append)
+    assert info is None and state is None
+    assert_refused_plainly(str(caught[0].message), evil)
+    assert_refused_plainly(messages[0], evil)
+    assert not marker.exists()
+
+
+def test_a_storage_inside_an_nvlabs_pickle_that_names_code_is_refused_plainly(tmp_path):
+    import io
+    import pickle
+
+    from mura_aug.gan.nvlabs import load_nvlabs_pkl
+
+    marker = tmp_path / "code-ran"
+    inner = io.BytesIO()
+    evil_torch_file(inner, marker, zip_format=False)  # the storages of NVlabs' pickles are of torch 1.x
+
+    class StorageBytes:  # pickles as torch.storage._load_from_bytes(<a torch.save file>), as NVlabs' do
+        def __reduce__(self):
+            import torch.storage
+
+            return (torch.storage._load_from_bytes, (inner.getvalue(),))
+
+    path = tmp_path / "network-snapshot-000000.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": StorageBytes()}, protocol=4))
+    with pytest.raises(UserError) as caught:
+        load_nvlabs_pkl(path)
+    text = str(caught.value)
+    assert "this file could not be verified as a safe weights-only file; it was not loaded" in text
+    assert "weights_only` set to `False" not in text and "truncated" not in text
+    assert not marker.exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Union
 
 from mura_aug.errors import UserError
+from mura_aug.gan.safe_load import UnsafeFileError, load_weights_only
 from mura_aug.workspace import RunFolder
 
 FORMAT = "mura_aug.network"
@@ -74,7 +75,9 @@ def load_generator(path: PathLike, device="cpu"):
                             f"{continue_hint}; its network-*.pt files then load here.")
     else:
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = load_weights_only(path)
+        except UnsafeFileError:
+            raise
         except Exception as exc:
             raise UserError(f"The snapshot {path} cannot be read ({type(exc).__name__}: {exc}); it may be "
                             "truncated by an interrupted copy.",

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from mura_aug.errors import UserError
 from mura_aug.gan import sampling
+from mura_aug.gan.safe_load import REFUSED, UnsafeFileError, load_weights_only
 from mura_aug.workspace import (SNAPSHOT_NAME, RunFolder, Workspace, atomic_path, atomic_write_text,
                                 free_bytes)
 
@@ -157,9 +158,7 @@ def _check_state_file(path: Path) -> Optional[str]:
 
 
 def _load_state_unchecked(path: Path) -> Dict[str, Any]:
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError("not a mura_aug training state")
     missing = [key for key in STATE_KEYS if key not in state]
@@ -176,6 +175,8 @@ def load_state(path: PathLike) -> Dict[str, Any]:
                         "Pass a state-*kimg.pt file or a run folder (python -m mura_aug runs lists them).")
     try:
         return _load_state_unchecked(path)
+    except UnsafeFileError:
+        raise
     except Exception as exc:
         raise UserError(f"The training state {path} cannot be loaded ({type(exc).__name__}: {exc}); it is "
                         "probably truncated by an interrupted write or copy.",
@@ -190,12 +191,14 @@ def load_newest_state(run_dir: PathLike, log=print) -> Tuple[Optional[SnapshotIn
             continue
         try:
             return info, _load_state_unchecked(info.state_path)
+        except UnsafeFileError:
+            message = f"Skipping the training state {info.state_path}: {REFUSED}."
         except Exception as exc:
             message = (f"Skipping the training state {info.state_path}: it does not load "
                        f"({type(exc).__name__}: {exc}); it was probably cut off by a disconnect.")
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            if log is not None:
-                log("warning: " + message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        if log is not None:
+            log("warning: " + message)
     return None, None
 
 
