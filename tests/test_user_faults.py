@@ -6,8 +6,10 @@ import errno
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -283,3 +285,29 @@ def test_a_storage_inside_an_nvlabs_pickle_that_names_code_is_refused_plainly(tm
     assert "this file could not be verified as a safe weights-only file; it was not loaded" in text
     assert "weights_only` set to `False" not in text and "truncated" not in text
     assert not marker.exists()
+
+
+# --- an interrupt ends `train` with status 130, whatever was saved ---------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_train_exits_130_after_an_interrupt_so_that_train_and_synth_stops(tmp_path, signum):
+    from gan_datasets import make_dataset
+    from mura_aug.gan import snapshot
+
+    workspace = make_dataset(tmp_path / "ws")
+    run_dir = workspace.experiments / "XR_SHOULDER-positive-tiny-16"
+    command = [sys.executable, "-m", "mura_aug", "train", "--workspace", str(workspace.root), "--label", "positive",
+               "--cfg", "tiny", "--resolution", "16", "--kimg", "1000", "--kimg-per-tick", "0.008", "--snap", "1000",
+               "--batch", "4", "--device", "cpu", "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not snapshot.read_stats(run_dir) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "the final state is saved" in err
+    newest = snapshot.list_snapshots(run_dir)[-1]
+    assert snapshot.load_state(newest.state_path)["stop_reason"] == "interrupted"

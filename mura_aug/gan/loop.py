@@ -88,9 +88,18 @@ def train(workspace, settings: RunSettings, on_tick: Optional[Callable[[Dict[str
     run = _Run(workspace, start, device, dist, on_tick, on_snapshot, log, started)
     try:
         with reuse_freed_cpu_memory(device):
-            return run.run()
+            run_dir = run.run()
     finally:
         run.lock.release()
+    if run.stop_reason == "interrupted":  # after the final state: `train && synth` must not go on
+        raise TrainingInterrupted(f"{run_dir.name} stopped at {run.progress.cur_nimg / 1000:g} kimg; the final "
+                                  "state is saved, continue with --resume latest")
+    return run_dir
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """What `train` raises after a Ctrl-C / the notebook's stop button / SIGTERM, once the final state is
+    written: an interrupt still ends the program as one (the CLI's exit status 130), whatever was saved."""
 
 
 def preflight(workspace, settings: RunSettings) -> str:
@@ -351,6 +360,7 @@ class _Run:
         self.lock = snapshot.RunLock(self.run_dir.path)
         self.progress = _Progress()
         self.history: List[dict] = list((start.state or {}).get("options", {}).get("history", []))
+        self.stop_reason: Optional[str] = None  # why the loop ended ('done', 'max_minutes', 'interrupted')
 
     def run(self) -> Path:
         self.build_networks()
@@ -364,7 +374,7 @@ class _Run:
             self.log(f"{self.run_dir.name} is already at {self.progress.cur_nimg / 1000:g} kimg >= the target "
                      f"{total_nimg / 1000:g} kimg; nothing to train (raise --kimg to train longer)")
             return self.run_dir.path
-        stop_reason = self.loop(total_nimg)
+        stop_reason = self.stop_reason = self.loop(total_nimg)
         kimg = self.progress.cur_nimg / 1000
         if stop_reason == "done":
             message = f"finished: {kimg:g} kimg"
