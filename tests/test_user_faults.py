@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -311,3 +312,97 @@ def test_train_exits_130_after_an_interrupt_so_that_train_and_synth_stops(tmp_pa
     assert "Traceback" not in err and "the final state is saved" in err
     newest = snapshot.list_snapshots(run_dir)[-1]
     assert snapshot.load_state(newest.state_path)["stop_reason"] == "interrupted"
+
+
+# --- file-system errors in training: a message with the path and the fix ----------------------------------
+
+def train_cli(workspace, *extra) -> int:
+    return cli.main(["train", "--workspace", str(workspace), "--label", "positive", "--cfg", "tiny", "--resolution",
+                     "16", "--kimg", "0.008", "--kimg-per-tick", "0.008", "--batch", "4", "--device", "cpu",
+                     "--no-progress", *extra])
+
+
+TRAIN_ERRNOS = [(errno.EROFS, "read-only"), (errno.EACCES, "you may read and write"), (errno.EIO, "force_remount"),
+                (errno.ENAMETOOLONG, "shorter")]
+
+
+@pytest.mark.parametrize("code, fix", TRAIN_ERRNOS, ids=[errno.errorcode[code] for code, _ in TRAIN_ERRNOS])
+def test_train_turns_each_file_system_error_into_a_message(tmp_path, monkeypatch, capsys, code, fix):
+    from gan_datasets import make_dataset
+
+    workspace = make_dataset(tmp_path / "ws")
+    experiments = str(workspace.experiments)
+    real_replace = os.replace
+
+    def failing_replace(src, dst, *args, **kwargs):
+        if str(dst).startswith(experiments):  # the run folder's disk fails; the dataset was read
+            raise OSError(code, os.strerror(code), str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    assert train_cli(workspace.root) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and os.strerror(code) in err and experiments in err
+    assert "while training XR_SHOULDER-positive-tiny-16" in err and fix in err
+
+
+def test_a_read_only_workspace_in_train_is_a_message_from_python_too(tmp_path, monkeypatch):
+    from gan_datasets import make_dataset
+    from gan_training import train_tiny
+
+    workspace = make_dataset(tmp_path / "ws")
+    real_mkdir = os.mkdir
+
+    def read_only_mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(workspace.experiments)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only_mkdir)
+    with pytest.raises(UserError, match="Read-only file system") as caught:
+        train_tiny(workspace, "positive", kimg=0.008)
+    assert str(workspace.experiments) in caught.value.problem and "writable disk" in caught.value.fix
+
+
+class FillsUp(io.FileIO):
+    """A file on a disk that is full after `room` bytes: the write raises `error` (as a real full disk would,
+    or something torch's writer swallows)."""
+
+    room = 4096
+    error: BaseException = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, data):
+        if self.tell() + len(data) > self.room:
+            type(self).full = True
+            raise self.error
+        return super().write(data)
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), ValueError("lost")],
+                         ids=["ENOSPC-raised", "no-errno-but-no-room"])
+def test_a_disk_that_fills_during_torch_save_is_the_full_disk_message(tmp_path, monkeypatch, capsys, error):
+    import builtins
+
+    from gan_datasets import make_dataset
+
+    workspace = make_dataset(tmp_path / "ws")
+    real_open, real_disk_usage = builtins.open, shutil.disk_usage
+    FillsUp.full, FillsUp.error = False, error
+
+    def open_on_a_small_disk(file, mode="r", *args, **kwargs):
+        if mode == "wb" and os.path.basename(str(file)).startswith(".state-"):
+            return FillsUp(file, "wb")
+        return real_open(file, mode, *args, **kwargs)
+
+    def disk_usage(path):  # once the disk filled up, it says so
+        usage = real_disk_usage(path)
+        return usage._replace(free=0) if FillsUp.full else usage
+
+    monkeypatch.setattr(builtins, "open", open_on_a_small_disk)
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    assert train_cli(workspace.root) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unexpected pos" not in err
+    assert "is full" in err and "Training stopped at 0.008 kimg" in err and "no earlier state exists" in err
+    run_dir = workspace.experiments / "XR_SHOULDER-positive-tiny-16"
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]

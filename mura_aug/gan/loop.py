@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from mura_aug.devices import autocast_dtype, resolve_device, reuse_freed_cpu_memory
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, os_errors_as_user_errors
 from mura_aug.gan import estimates, rng, snapshot, transfer
 from mura_aug.gan.configs import TrainConfig, make_config
 from mura_aug.gan.dataset import (CLASS_NAMES, DataSampler, batch_tensors, choose_source, classes_of,
@@ -70,7 +70,13 @@ def train(workspace, settings: RunSettings, on_tick: Optional[Callable[[Dict[str
     device) -> dict: called at every `metrics_every`-th snapshot, its keys join that tick's stats line (it
     runs with the RNG states forked, so it cannot change the training); log: where progress lines go.
     Inside an initialised torch.distributed process group (torchrun) every rank calls this with the same
-    settings; they train together and only rank 0 writes files and logs."""
+    settings; they train together and only rank 0 writes files and logs. A file-system error (a read-only
+    or full disk, a dropped mount) ends in a UserError naming the path and the fix, as in every stage."""
+    with os_errors_as_user_errors("training"):
+        return _train(workspace, settings, on_tick, on_snapshot, log)
+
+
+def _train(workspace, settings: RunSettings, on_tick, on_snapshot, log: Log) -> Path:
     started = time.time()
     settings = settings.check()
     is_writer = this_rank() == 0  # only rank 0 writes files and talks
@@ -87,7 +93,7 @@ def train(workspace, settings: RunSettings, on_tick: Optional[Callable[[Dict[str
         log("metrics_every is set, but no on_snapshot measures anything: no metrics in stats.jsonl")
     run = _Run(workspace, start, device, dist, on_tick, on_snapshot, log, started)
     try:
-        with reuse_freed_cpu_memory(device):
+        with reuse_freed_cpu_memory(device), os_errors_as_user_errors(f"training {start.run_dir.name}"):
             run_dir = run.run()
     finally:
         run.lock.release()

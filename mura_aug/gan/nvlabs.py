@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Union
 
 from mura_aug.errors import UserError
-from mura_aug.gan.safe_load import REFUSED, load_weights_only
+from mura_aug.gan.torch_files import REFUSED, load_weights_only
 
 PathLike = Union[str, os.PathLike]
 MAX_NAMES_SHOWN = 8  # how many missing / unexpected tensor names an error message lists

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from mura_aug.errors import UserError
 from mura_aug.gan import sampling
-from mura_aug.gan.safe_load import REFUSED, UnsafeFileError, load_weights_only
+from mura_aug.gan.torch_files import REFUSED, UnsafeFileError, load_weights_only, save_torch_file
 from mura_aug.workspace import (SNAPSHOT_NAME, RunFolder, Workspace, atomic_path, atomic_write_text,
                                 free_bytes)
 
@@ -128,15 +128,11 @@ def save_state(path: PathLike, state: Dict[str, Any]) -> Path:
 
     A full disk raises UserError (from atomic_path) and leaves every earlier file untouched.
     """
-    import torch
-
     path = Path(path)
     payload = {"format": STATE_FORMAT, "version": STATE_VERSION,
                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **state}
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
+        save_torch_file(payload, tmp)
         delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
         if delay > 0:
             time.sleep(delay)
@@ -430,8 +426,11 @@ class RunLock:
     def release(self) -> None:
         if self.owned:
             holder = self._holder()
-            if holder is None or int(holder.get("pid", -1)) == os.getpid():
-                self.path.unlink(missing_ok=True)
+            try:
+                if holder is None or int(holder.get("pid", -1)) == os.getpid():
+                    self.path.unlink(missing_ok=True)
+            except OSError:  # the disk went read-only or away: the error that ends the run says so, not this
+                pass
             self.owned = False
 
     def __enter__(self) -> "RunLock":

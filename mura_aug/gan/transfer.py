@@ -20,7 +20,7 @@ import torch
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot
 from mura_aug.gan.nvlabs import load_nvlabs_pkl
-from mura_aug.gan.safe_load import UnsafeFileError, load_weights_only
+from mura_aug.gan.torch_files import UnsafeFileError, load_weights_only
 from mura_aug.workspace import Workspace, atomic_path
 
 TRANSFER_SOURCES = {  # names accepted by --transfer, downloaded once into workspace.weights_cache

@@ -26,7 +26,7 @@ from PIL import Image
 from mura_aug.devices import resolve_device
 from mura_aug.errors import UserError
 from mura_aug.gan import sampling
-from mura_aug.gan.safe_load import UnsafeFileError, load_weights_only
+from mura_aug.gan.torch_files import UnsafeFileError, load_weights_only
 from mura_aug.synth.generate import open_gray
 from mura_aug.synth.manifest import NO_FILTER, read_manifest, write_manifest
 from mura_aug.synth.settings import DUPLICATE_THUMB_PX
