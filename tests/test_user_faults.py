@@ -406,3 +406,115 @@ def test_a_disk_that_fills_during_torch_save_is_the_full_disk_message(tmp_path, 
     assert "is full" in err and "Training stopped at 0.008 kimg" in err and "no earlier state exists" in err
     run_dir = workspace.experiments / "XR_SHOULDER-positive-tiny-16"
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- a run is its folder; a state proves what it is --------------------------------------------------------
+
+RUN16 = "XR_SHOULDER-positive-tiny-16"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A workspace with a tiny 16 px run (states at 0.008 and 0.016 kimg) and a tiny 32 px run named 'other'
+    (one state), to be copied by tests."""
+    from gan_datasets import make_dataset
+    from gan_training import TICK_KIMG, train_tiny
+
+    root = tmp_path_factory.mktemp("two_runs") / "ws"
+    make_dataset(root, res=32)
+    workspace = make_dataset(root, res=16)
+    train_tiny(workspace, "positive", kimg=2 * TICK_KIMG)
+    train_tiny(workspace, "positive", kimg=TICK_KIMG, resolution=32, run="other")
+    return workspace
+
+
+@pytest.fixture
+def runs_copy(two_runs, tmp_path) -> Workspace:
+    subprocess.run(["cp", "-a", str(two_runs.root), str(tmp_path / "ws")], check=True)
+    return Workspace(tmp_path / "ws")
+
+
+def resume_cli(workspace, *extra) -> int:
+    return cli.main(["train", "--workspace", str(workspace.root), "--label", "positive", "--cfg", "tiny",
+                     "--resolution", "16", "--kimg", "0.024", "--device", "cpu", "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("how", ["--run", "folder", "state file"])
+def test_a_copied_run_continues_as_itself_and_the_original_stays_byte_identical(runs_copy, capsys, how):
+    import json
+
+    from mura_aug.gan import loop, snapshot
+    from mura_aug.gan.settings import RunSettings
+
+    original, backup = runs_copy.experiments / RUN16, runs_copy.experiments / "my-backup"
+    subprocess.run(["cp", "-a", str(original), str(backup)], check=True)
+    before = tree_hashes(original)
+    resume = {"--run": ["--resume", "latest", "--run", "my-backup"], "folder": ["--resume", str(backup)],
+              "state file": ["--resume", str(backup / "state-000000.016kimg.pt")]}[how]
+    settings = RunSettings(label="positive", cfg="tiny", resolution=16, kimg=0.024, device="cpu",
+                           resume=resume[1], run=resume[3] if how == "--run" else None)
+    assert "(resuming my-backup)" in loop.preflight(runs_copy, settings)
+    assert resume_cli(runs_copy, *resume, "--keep", "1") == 0
+    out = capsys.readouterr().out
+    assert "resuming my-backup from state-000000.016kimg.pt" in out and f"resuming {RUN16}" not in out
+    assert tree_hashes(original) == before  # not one byte of the original changed
+    assert json.loads((backup / "training_options.json").read_text())["run"] == "my-backup"
+    # The copy's own earlier states (written under the original's name) are its history: retention counts them.
+    assert [s.kimg for s in snapshot.list_snapshots(backup) if s.state_path] == [0.024]
+    assert snapshot.load_state(backup / "state-000000.024kimg.pt")["run"] == "my-backup"
+    assert loop.settings_to_resume(runs_copy, "my-backup").run == "my-backup"
+
+
+def test_a_renamed_run_resumes_in_its_new_folder_and_the_old_name_is_not_recreated(runs_copy, capsys):
+    from mura_aug.gan import snapshot
+
+    renamed = runs_copy.experiments / "renamed"
+    (runs_copy.experiments / RUN16).rename(renamed)
+    assert resume_cli(runs_copy, "--resume", "latest") == 0
+    assert "resuming renamed from state-000000.016kimg.pt" in capsys.readouterr().out
+    assert not (runs_copy.experiments / RUN16).exists()
+    assert [s.kimg for s in snapshot.list_snapshots(renamed) if s.state_path] == [0.008, 0.016, 0.024]
+
+
+def test_a_foreign_state_under_a_newer_name_is_skipped_and_costs_the_run_nothing(runs_copy, capsys):
+    from mura_aug.gan import snapshot
+    from mura_aug.gan.cli import runs_table
+
+    run_dir, other = runs_copy.experiments / RUN16, runs_copy.experiments / "other"
+    foreign = run_dir / "state-000099.000kimg.pt"
+    shutil.copy2(other / "state-000000.008kimg.pt", foreign)  # 32 px, another run, a newer-looking name
+    other_before, foreign_bytes = tree_hashes(other), foreign.read_bytes()
+
+    listed = next(info for info in snapshot.list_runs(runs_copy) if info.name == RUN16)
+    assert listed.kimg == 0.016 and listed.states == 2 and foreign.name in listed.skipped
+    table = runs_table(runs_copy, RUN16)
+    assert table.startswith(f"{RUN16}: 0.016") and "state skipped: it is not this run's" in table
+    with pytest.warns(RuntimeWarning, match="is not this run's") as caught:
+        assert resume_cli(runs_copy, "--resume", "latest", "--keep", "2") == 0
+    warning = str(caught[0].message)
+    assert foreign.name in warning and "run other" in warning and "32 px" in warning and "16 px" in warning
+    assert "resuming XR_SHOULDER-positive-tiny-16 from state-000000.016kimg.pt" in capsys.readouterr().out
+    # Retention kept the two newest of the run's own states; the foreign one neither counted nor was touched.
+    assert [s.kimg for s in snapshot.list_snapshots(run_dir) if s.state_path] == [0.016, 0.024, 99.0]
+    assert foreign.read_bytes() == foreign_bytes and tree_hashes(other) == other_before
+    assert resume_cli(runs_copy, "--resume", str(foreign)) == 2  # named explicitly: refused, with both sides
+    assert "is not this run's" in capsys.readouterr().err
+
+
+def test_a_state_of_the_original_after_a_copy_is_not_the_copys():
+    from mura_aug.gan.snapshot import state_mismatch
+
+    copy = {"run": "my-backup", "run_id": "b" * 32, "cfg": "tiny", "resolution": 16, "label": "positive",
+            "lineage": [{"run_id": "a" * 32, "run": RUN16, "until_kimg": 0.016}]}
+
+    def state(run_id, run, kimg):
+        return {"kimg": kimg, "options": {"run": run, "run_id": run_id, "cfg": "tiny", "resolution": 16,
+                                          "label": "positive"}}
+
+    assert state_mismatch(state("b" * 32, "my-backup", 0.024), copy) is None  # its own
+    assert state_mismatch(state("a" * 32, RUN16, 0.016), copy) is None  # the history it shares with the original
+    assert "run_id" in state_mismatch(state("a" * 32, RUN16, 0.024), copy)  # the original's later training
+    assert "run_id" in state_mismatch(state("c" * 32, "stranger", 0.008), copy)
+    legacy = {"kimg": 0.008, "run": RUN16, "options": {"run": RUN16, "cfg": "tiny", "resolution": 16}}
+    assert state_mismatch(legacy, copy) is None  # written before run ids: matched by name and kimg
+    assert "resolution" in state_mismatch({**legacy, "options": {**legacy["options"], "resolution": 32}}, copy)

@@ -32,6 +32,7 @@ import math
 import signal
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -182,7 +183,7 @@ def settings_for_resume(run_dir: Path, given: Dict[str, Any], report: Optional[L
     if state is not None:
         stored.update({key: value for key, value in state["options"].items()
                        if RENAMED.get(key, key) in RunSettings.SHAPING})
-    stored.setdefault("run", Path(run_dir).name)
+    stored["run"] = Path(run_dir).name  # the folder is the run; the name stored inside is only a label
     return RunSettings.for_resume(stored, given, report=report)
 
 
@@ -221,6 +222,12 @@ def _plan(workspace: Workspace, settings: RunSettings, log: Optional[Log]) -> _S
         else:
             state = snapshot.load_state(path)
             folder = path.parent
+            problem = snapshot.state_mismatch(state, snapshot.read_training_options(folder), path, folder)
+            if problem:
+                raise UserError(f"The training state {path} is not this run's: {problem}.",
+                                f"Resume its own run folder instead, or copy it into an empty folder of its own "
+                                f"and resume that; python -m mura_aug runs --workspace {workspace.root} lists "
+                                "the runs.")
         folder = folder.resolve()  # a state given by path continues in its own folder, wherever it lies
         return _Start(settings_for_resume(folder, given, log, state), folder, state=state)
     run_dir = _run_to_continue(workspace, settings, log) if settings.resume == "latest" else None
@@ -288,6 +295,23 @@ def _run_to_continue(workspace: Workspace, settings: RunSettings, log: Optional[
         log(f"--resume latest: {len(candidates)} runs of {settings.body_part} {settings.label} match; continuing "
             f"the most recently changed, {chosen.name} (name another with --run).")
     return chosen.path
+
+
+def _run_identity(start: _Start) -> tuple:
+    """(run_id, lineage) of the run this call trains (snapshot.state_mismatch reads them). A resume in the
+    folder the state was written in keeps the state's id; a state written in a folder of another name (the
+    run was copied or renamed, or it predates run ids) starts a new id whose lineage adds the id it came from
+    and the kimg where it left it, so the copy's own earlier states still count and the original's later
+    ones do not."""
+    if start.state is None:
+        return uuid.uuid4().hex, []
+    options = start.state.get("options") or {}
+    run_id, lineage = options.get("run_id"), list(options.get("lineage") or [])
+    written_in = options.get("run", start.state.get("run"))
+    if run_id and written_in == start.run_dir.name:
+        return run_id, lineage
+    kimg = start.state["progress"]["cur_nimg"] / 1000
+    return uuid.uuid4().hex, [*lineage, {"run_id": run_id, "run": written_in, "until_kimg": kimg}]
 
 
 def _stored_body_part(run_dir: Path) -> str:
@@ -367,6 +391,7 @@ class _Run:
         self.progress = _Progress()
         self.history: List[dict] = list((start.state or {}).get("options", {}).get("history", []))
         self.stop_reason: Optional[str] = None  # why the loop ended ('done', 'max_minutes', 'interrupted')
+        self.run_id, self.lineage = _run_identity(start)
 
     def run(self) -> Path:
         self.build_networks()
@@ -582,7 +607,8 @@ class _Run:
 
     def stored_options(self) -> Dict[str, Any]:
         """The settings as a run stores them (training_options.json and every state's options)."""
-        options = {**self.settings.to_dict(), "run": self.run_dir.name, "history": self.history}
+        options = {**self.settings.to_dict(), "run": self.run_dir.name, "run_id": self.run_id,
+                   "lineage": self.lineage, "history": self.history}
         if self.start.nvlabs is not None:
             options["nvlabs_resume"] = {"kimg": self.start.nvlabs["kimg"], "augment_p": self.start.nvlabs.get(
                 "augment_p"), "path": self.settings.resume}

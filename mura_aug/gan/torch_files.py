@@ -44,12 +44,15 @@ def refused(path, global_name: str = "") -> UnsafeFileError:
                            "from its previous snapshot.")
 
 
-def load_weights_only(source: Union[str, os.PathLike, BinaryIO], name: Any = None) -> Any:
+def load_weights_only(source: Union[str, os.PathLike, BinaryIO], name: Any = None, mmap: bool = False) -> Any:
     """torch.load(source, CPU, weights_only=True); UnsafeFileError when the file names code (`name`: how to
-    call the file in the message, default the path)."""
+    call the file in the message, default the path). mmap: map the tensors instead of reading them (to look
+    at a large file's plain values cheaply; a file path only)."""
     import torch
 
     try:
+        if mmap:
+            return torch.load(source, map_location="cpu", weights_only=True, mmap=True)
         return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
