@@ -518,3 +518,37 @@ def test_a_state_of_the_original_after_a_copy_is_not_the_copys():
     legacy = {"kimg": 0.008, "run": RUN16, "options": {"run": RUN16, "cfg": "tiny", "resolution": 16}}
     assert state_mismatch(legacy, copy) is None  # written before run ids: matched by name and kimg
     assert "resolution" in state_mismatch({**legacy, "options": {**legacy["options"], "resolution": 32}}, copy)
+
+
+# --- cached training arrays are checked before use ------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["same-size garbage", "cut off", "no check file"])
+def test_a_damaged_training_array_cache_is_rebuilt_with_a_message(tmp_path, monkeypatch, damage):
+    import numpy as np
+
+    from gan_datasets import make_dataset
+    from mura_aug.gan import dataset
+
+    workspace = make_dataset(tmp_path / "ws")
+    images, labels = dataset.load_training_images(workspace, "XR_SHOULDER", "positive", 16, log=print)
+    good = np.array(images)
+    cached = next((workspace.cache / "training_arrays").glob("*.images.npy"))
+    header = len(cached.read_bytes()) - good.nbytes  # keep the .npy header: only the pixels turn to noise
+    if damage == "same-size garbage":
+        cached.write_bytes(cached.read_bytes()[:header] + np.random.default_rng(0).bytes(good.nbytes))
+    elif damage == "cut off":
+        cached.write_bytes(cached.read_bytes()[: header + good.nbytes // 2])
+    else:
+        next((workspace.cache / "training_arrays").glob("*.check.json")).unlink()
+    read_again = []
+    real_read = dataset.read_dataset_zip
+    monkeypatch.setattr(dataset, "read_dataset_zip", lambda *a, **k: read_again.append(a) or real_read(*a, **k))
+    messages = []
+    images, _ = dataset.load_training_images(workspace, "XR_SHOULDER", "positive", 16, log=messages.append)
+    assert read_again and np.array_equal(np.asarray(images), good)  # rebuilt from the zip, not trained on noise
+    assert len(messages) == 1 and str(cached) in messages[0] and "rebuilding it from XR_SHOULDER_positive_16.zip" \
+        in messages[0]
+    messages.clear()
+    read_again.clear()
+    dataset.load_training_images(workspace, "XR_SHOULDER", "positive", 16, log=messages.append)
+    assert not read_again and not messages  # a good cache is used as it is

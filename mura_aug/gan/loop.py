@@ -488,7 +488,7 @@ class _Run:
         def load():
             return load_training_images(self.workspace, self.settings.body_part, self.settings.label,
                                         int(self.G_kwargs["img_resolution"]),
-                                        progress=self.settings.progress and self.dist.is_writer)
+                                        progress=self.settings.progress and self.dist.is_writer, log=self.log)
 
         with self.dist.agreement():
             if self.dist.is_writer:
