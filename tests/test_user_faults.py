@@ -439,7 +439,7 @@ def resume_cli(workspace, *extra) -> int:
                      "--resolution", "16", "--kimg", "0.024", "--device", "cpu", "--no-progress", *extra])
 
 
-@pytest.mark.parametrize("how", ["--run", "folder", "state file"])
+@pytest.mark.parametrize("how", ["--run", "folder", "state file", "name"])
 def test_a_copied_run_continues_as_itself_and_the_original_stays_byte_identical(runs_copy, capsys, how):
     import json
 
@@ -450,7 +450,7 @@ def test_a_copied_run_continues_as_itself_and_the_original_stays_byte_identical(
     subprocess.run(["cp", "-a", str(original), str(backup)], check=True)
     before = tree_hashes(original)
     resume = {"--run": ["--resume", "latest", "--run", "my-backup"], "folder": ["--resume", str(backup)],
-              "state file": ["--resume", str(backup / "state-000000.016kimg.pt")]}[how]
+              "state file": ["--resume", str(backup / "state-000000.016kimg.pt")], "name": ["--resume", "my-backup"]}[how]
     settings = RunSettings(label="positive", cfg="tiny", resolution=16, kimg=0.024, device="cpu",
                            resume=resume[1], run=resume[3] if how == "--run" else None)
     assert "(resuming my-backup)" in loop.preflight(runs_copy, settings)

@@ -155,9 +155,7 @@ def find_run(workspace, run: Optional[str] = None, body_part: Optional[str] = No
             raise UserError(f"There is no training run{of} in {workspace.experiments} yet.",
                             "Start one with notebook 02 / 03 or python -m mura_aug train.")
         return max(runs, key=lambda r: r.mtime).path
-    run_dir = Path(run).expanduser()
-    if not run_dir.is_dir():
-        run_dir = workspace.run(str(run)).path
+    run_dir = _run_folder_named(workspace, str(run)) or Path(run).expanduser()
     if not run_dir.is_dir():
         names = ", ".join(r.name for r in snapshot.list_runs(workspace)) or "none yet"
         raise UserError(f"No run named {run!r} in {workspace.experiments}.", f"Use one of: {names}.")
@@ -209,7 +207,7 @@ def _plan(workspace: Workspace, settings: RunSettings, log: Optional[Log]) -> _S
     (a new run). Every rank runs this (read only); `log` is None on the ranks that do not talk."""
     given = settings.given_values()
     if settings.resume not in (None, "latest"):
-        path = Path(settings.resume).expanduser()
+        path = _resume_path(workspace, settings.resume)
         if path.suffix == ".pkl":
             return _plan_nvlabs(workspace, settings, path, log)
         if path.is_dir():
@@ -272,7 +270,7 @@ def _run_to_continue(workspace: Workspace, settings: RunSettings, log: Optional[
     `run`, else the most recently changed run of this label and body part (and of the cfg and resolution
     where the user gave them)."""
     if settings.resume not in (None, "latest"):
-        path = Path(settings.resume).expanduser()
+        path = _resume_path(workspace, settings.resume)
         folder = path if path.is_dir() else path.parent
         return folder if path.suffix != ".pkl" and folder.is_dir() else None
     if settings.resume is None:
@@ -312,6 +310,21 @@ def _run_identity(start: _Start) -> tuple:
         return run_id, lineage
     kimg = start.state["progress"]["cur_nimg"] / 1000
     return uuid.uuid4().hex, [*lineage, {"run_id": run_id, "run": written_in, "until_kimg": kimg}]
+
+
+def _run_folder_named(workspace: Workspace, name: str) -> Optional[Path]:
+    """The folder of the run called `name` under data/experiments, when `name` is a plain name of one."""
+    try:
+        folder = workspace.run(name).path
+    except UserError:  # a path, not a name
+        return None
+    return folder if folder.is_dir() else None
+
+
+def _resume_path(workspace: Workspace, resume: str) -> Path:
+    """What --resume names: a run of the workspace by its name (the run, wherever the call runs from), else
+    a path (a state file, a run folder, an NVlabs pickle)."""
+    return _run_folder_named(workspace, resume) or Path(resume).expanduser()
 
 
 def _stored_body_part(run_dir: Path) -> str:
