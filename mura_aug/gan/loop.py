@@ -105,7 +105,20 @@ def preflight(workspace, settings: RunSettings) -> str:
     line = (f"{resolved.cfg} at {resolution} px to {resolved.kimg:g} kimg on {device}"
             f"{' (resuming ' + resolved.run + ')' if resolved.run and settings.resume else ''}")
     on_cpu = estimates.refuse_slow_cpu_run(resolved.cfg, resolution, resolved.kimg, device, resolved.cpu_ok)
-    return f"{line}; {on_cpu}" if on_cpu else line
+    line = f"{line}; {on_cpu}" if on_cpu else line
+    return f"{line}\n{kill_cost(resolved, resolution, device, _run_to_continue(workspace, settings, None))}"
+
+
+def kill_cost(settings: RunSettings, resolution: int, device, run_dir: Optional[Path] = None) -> str:
+    """The most training a kill could cost with these snapshot settings: at the run's own recent speed when
+    its stats.jsonl has ticks (a resume), else at this project's estimate for the config and device."""
+    rate = estimates.seconds_per_kimg(settings.cfg, resolution, device)
+    recent = [line["sec_per_kimg"] for line in (snapshot.read_stats(run_dir) if run_dir else [])[-5:]
+              if isinstance(line.get("sec_per_kimg"), (int, float)) and not line.get("partial")]
+    if recent:
+        median = float(np.median(recent))
+        rate = (median, median, "this run's last ticks")
+    return estimates.most_lost_by_a_kill(settings.snap, settings.kimg_per_tick, settings.snap_minutes, rate)
 
 
 def settings_to_resume(workspace, run: Optional[str] = None, body_part: Optional[str] = None,
@@ -547,6 +560,8 @@ class _Run:
             state_bytes = snapshot.estimate_state_bytes(self.G, self.D)
             network_bytes = sum(t.numel() * t.element_size() for t in self.G_ema.state_dict().values())
             snapshot.check_free_space(self.run_dir.path, state_bytes, network_bytes)
+            self.log(kill_cost(self.settings, int(self.G_kwargs["img_resolution"]), self.device,
+                               self.run_dir.path if self.start.state is not None else None))
             self.history.append({"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                  "from_kimg": self.progress.cur_nimg / 1000, "target_kimg": total_nimg / 1000,
                                  "resumed": self.start.state is not None, "world_size": self.dist.world_size})
@@ -589,7 +604,7 @@ class _Run:
         mine = slice(dist.rank * self.rank_batch, (dist.rank + 1) * self.rank_batch)  # this rank's part of a batch
         self.tick_sums: Dict[str, float] = {}
         self.tick_counts: Dict[str, int] = {}
-        tick_started = time.time()
+        tick_started = self.last_snapshot_at = time.time()  # the call starts from a snapshot (or from nothing)
         first_step_done = False
         try:
             with _StopRequest() as stop:
@@ -746,8 +761,12 @@ class _Run:
             line["stop_reason"] = stop_reason
         # Every random draw up to here belongs to this tick; a state written now resumes from here.
         rng_at_tick_end = rng.global_state()
-        snapshot_now = stop_reason is not None or progress.cur_tick % settings.snap == 0
-        measure_now = snapshot_now and settings.metrics_every > 0 and \
+        every_snap = progress.cur_tick % settings.snap == 0
+        # The clock of rank 0 decides a time-based snapshot: only rank 0 writes, the others wait for it anyway.
+        on_time = settings.snap_minutes is not None and \
+            time.time() - self.last_snapshot_at >= settings.snap_minutes * 60
+        snapshot_now = stop_reason is not None or every_snap or on_time
+        measure_now = (stop_reason is not None or every_snap) and settings.metrics_every > 0 and \
             (progress.cur_tick // settings.snap) % settings.metrics_every == 0
         with self.dist.agreement():  # the other ranks wait here while rank 0 writes
             if self.dist.is_writer:
@@ -757,6 +776,7 @@ class _Run:
                 self.say(_format_line(line))
                 if snapshot_now:
                     self.write_snapshot(stop_reason, rng_at_tick_end)
+                    self.last_snapshot_at = time.time()
         if self.on_tick is not None:
             self.on_tick(line)
         self.tick_sums, self.tick_counts = {}, {}
