@@ -57,6 +57,10 @@ class RunSettings(StageSettings):
     snap_minutes: Optional[float] = setting(30.0, "also snapshot at the first tick boundary after this many "
                                             "minutes since the last snapshot (bounds what a killed session "
                                             "loses); none = only every SNAP ticks", unit="minutes")
+    staging: str = setting("auto", "write each snapshot to local disk first, then copy it to the workspace and "
+                           "verify it, retrying while the workspace fails (training goes on): auto (when the "
+                           "workspace is on Google Drive in Colab), on (any slow or network mount), off",
+                           choices=("auto", "on", "off"), notebook=False)
     keep: int = setting(3, "training states kept (the newest); older ones are deleted after each snapshot",
                         unit="states")
     keep_networks_every: int = setting(1, "keep the generator file of every N-th snapshot (and of the newest)",
@@ -104,8 +108,8 @@ class RunSettings(StageSettings):
 
     SHAPING = ("label", "body_part", "cfg", "resolution", "kimg_per_tick", "batch", "batch_gpu", "gamma", "mirror",
                "seed", "transfer", "freeze_d", "amp")
-    RUN_CONTROL = ("kimg", "snap", "snap_minutes", "keep", "keep_networks_every", "max_minutes", "metrics_every",
-                   "metrics_fakes", "device", "compile", "channels_last", "progress", "cpu_ok")
+    RUN_CONTROL = ("kimg", "snap", "snap_minutes", "staging", "keep", "keep_networks_every", "max_minutes",
+                   "metrics_every", "metrics_fakes", "device", "compile", "channels_last", "progress", "cpu_ok")
     # The other two say what a call does: `resume` is the call's own; `run` names the run (a resumed run's).
 
     # --- what the user gave ---------------------------------------------------------------------------
