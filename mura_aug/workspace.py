@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,10 @@ CLASSES = ("positive", "negative")  # 'positive' = abnormal, as in MURA's folder
 COLAB_DRIVE_MOUNT = "/content/drive"
 COLAB_DRIVE_ROOT = "/content/drive/MyDrive"
 COLAB_LOCAL_CACHE = "/content/mura_aug_cache"  # fast local disk in a Colab VM, lost on disconnect
+COLAB_LOCAL_STAGING = "/content/mura_aug_staging"  # staged snapshots on that disk (gan/staging.py)
+# The local folder for staged snapshots elsewhere (a network mount marked unreliable; the tests): default the
+# system's temporary folder.
+STAGING_ENV = "MURA_AUG_STAGING_DIR"
 DEFAULT_LOCAL_ROOT = "./workspace"
 # Downloads made without a workspace (a measure called on its own): the user's cache, outside any workspace.
 USER_CACHE = Path.home() / ".cache" / "mura_aug"
@@ -132,6 +137,11 @@ class RunFolder(_Folder):
     @property
     def lock(self) -> Path:
         return self.path / "run.lock"
+
+    @property
+    def pending_stats(self) -> Path:
+        """stats lines not yet appended to the workspace's stats.jsonl (only in a staging folder)."""
+        return self.path / "stats-pending.jsonl"
 
     def state(self, kimg: float) -> Path:
         return self.path / f"state-{kimg_tag(kimg)}kimg.pt"
@@ -411,6 +421,28 @@ class Workspace:
         except OSError as exc:
             raise from_os_error(exc, f"creating the workspace folders under {self.root}") from exc
         return self
+
+
+def is_unreliable(path: PathLike) -> bool:
+    """Whether `path` lies on Google Drive's mount in Colab (writes there fail under load: EIO, ENOTCONN)."""
+    return str(Path(path).absolute()).startswith(COLAB_DRIVE_MOUNT + os.sep)
+
+
+def drive_vanished(path: PathLike) -> bool:
+    """Whether `path` is on Colab's Drive mount and that mount is gone (MyDrive no longer a folder)."""
+    return is_unreliable(path) and not os.path.isdir(COLAB_DRIVE_ROOT)
+
+
+def staging_folder(run_dir: PathLike) -> RunFolder:
+    """The local-disk folder where a run's snapshots are written before they are copied to the workspace
+    (gan/staging.py): `/content/mura_aug_staging/<run>-<key>` in Colab, `$MURA_AUG_STAGING_DIR` or the
+    temporary folder elsewhere. The key fingerprints the run folder's path, so two workspaces' runs of one
+    name never share it, and `--resume latest` finds it again from the run folder alone."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    root = os.environ.get(STAGING_ENV) or (COLAB_LOCAL_STAGING if is_colab() or is_unreliable(run_dir)
+                                           else os.path.join(tempfile.gettempdir(), "mura_aug_staging"))
+    key = hashlib.sha1(str(run_dir).encode("utf-8")).hexdigest()[:10]
+    return RunFolder(Path(root) / f"{run_dir.name}-{key}")
 
 
 def resolve_workspace(root: Optional[PathLike] = None) -> Workspace:

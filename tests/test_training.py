@@ -198,10 +198,12 @@ def test_max_minutes_and_ctrl_c_stop_with_a_final_state(tmp_path):
     handler_before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match="the final state is saved"):  # still an interrupt to the caller
         train_tiny(workspace, "positive", kimg=1.0, resume="latest", on_tick=press_stop)
-    # Tick 2 ends at 12 images and presses stop; the loop finishes the next iteration and writes a state.
+    # Ticks end on multiples of 8 images whatever the cut at 4: tick 1 at 8, tick 2 at 16 presses stop; the
+    # loop finishes the next iteration and writes a state in the middle of tick 3 (its line marked partial).
     state = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
-    assert state["stop_reason"] == "interrupted" and state["progress"]["cur_nimg"] == 16
-    assert [line["tick"] for line in snap.read_stats(run_dir)] == [1, 2, 3]
+    assert state["stop_reason"] == "interrupted" and state["progress"]["cur_nimg"] == 20
+    lines = snap.read_stats(run_dir)
+    assert [(line["tick"], line.get("partial", False)) for line in lines] == [(1, False), (2, False), (3, True)]
     assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is given back
 
 

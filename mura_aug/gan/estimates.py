@@ -72,3 +72,50 @@ def refuse_slow_cpu_run(cfg: str, resolution: int, kimg: float, device, cpu_ok: 
                     "Use a GPU: in Colab, Runtime > Change runtime type > T4 GPU (or better), then run the notebook "
                     "again (training continues where it stopped). For a CPU demo use CFG = 'tiny' with RESOLUTION = "
                     "32 (--cfg tiny --resolution 32). To train on this CPU anyway, set CPU_OK = True (--cpu-ok).")
+
+
+# (cfg family, resolution px) -> (low, high) estimated s/kimg on a Colab T4 and where the figure comes from.
+GPU_S_PER_KIMG = {
+    ("large", 256): (60.0, 150.0, "the T4 estimate of docs/stage_02_04_train.md for auto-256"),
+}
+
+
+def seconds_per_kimg(cfg: str, resolution: int, device) -> Optional[Tuple[float, float, str]]:
+    """(low, high) s/kimg of this run where it is about to run, with the source; None where nothing was
+    measured or estimated (tiny; GPU resolutions other than 256 px)."""
+    if cfg not in LARGE_CONFIGS:
+        return None
+    if str(device).split(":")[0] == "cpu":
+        return cpu_seconds_per_kimg(cfg, resolution)
+    return GPU_S_PER_KIMG.get(("large", int(resolution)))
+
+
+def most_lost_by_a_kill(snap: int, kimg_per_tick: float, snap_minutes: Optional[float],
+                        rate: Optional[Tuple[float, float, str]]) -> str:
+    """One line: the most training a kill (a Colab VM ended without warning) can cost between two snapshots.
+
+    A snapshot comes every `snap` ticks of `kimg_per_tick` kimg, and at the first tick boundary after
+    `snap_minutes` minutes: so at most snap x kimg_per_tick kimg, and at most snap_minutes plus one tick.
+    rate: (low, high, source) s/kimg (seconds_per_kimg, or the run's own recent speed), None if unknown."""
+    by_ticks = snap * kimg_per_tick
+    what = f"a snapshot every {snap} ticks ({by_ticks:g} kimg)"
+    if snap_minutes:
+        what += f" or at the first tick after {snap_minutes:g} minutes"
+    if rate is None:
+        bound = f"{by_ticks:g} kimg" + (f" and at most {snap_minutes:g} minutes plus one tick" if snap_minutes else "")
+        return f"a kill loses at most {bound} of training ({what}; the speed shows in the first ticks' lines)"
+    low, high, source = rate
+    kimgs, minutes = [], []
+    for seconds in (low, high):
+        lost = by_ticks if not snap_minutes else min(by_ticks, snap_minutes * 60 / seconds + kimg_per_tick)
+        kimgs.append(lost)
+        minutes.append(lost * seconds / 60)
+    kimg_text = f"{kimgs[0]:.3g}" if kimgs[0] == kimgs[1] else f"{min(kimgs):.3g}-{max(kimgs):.3g}"
+    minutes_text = _minutes(minutes[0]) if low == high else f"{_minutes(min(minutes))}-{_minutes(max(minutes))}"
+    speed = f"{low:.3g}" if low == high else f"{low:.3g}-{high:.3g}"
+    return (f"a kill loses at most {kimg_text} kimg, about {minutes_text} minutes of training at {speed} s/kimg "
+            f"({source}); {what}")
+
+
+def _minutes(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"

@@ -42,7 +42,7 @@ import torch
 
 from mura_aug.devices import autocast_dtype, resolve_device, reuse_freed_cpu_memory
 from mura_aug.errors import UserError, os_errors_as_user_errors
-from mura_aug.gan import estimates, rng, snapshot, transfer
+from mura_aug.gan import estimates, rng, snapshot, staging, transfer
 from mura_aug.gan.configs import TrainConfig, make_config
 from mura_aug.gan.dataset import (CLASS_NAMES, DataSampler, batch_tensors, choose_source, classes_of,
                                   load_training_images)
@@ -121,7 +121,20 @@ def preflight(workspace, settings: RunSettings) -> str:
     line = (f"{resolved.cfg} at {resolution} px to {resolved.kimg:g} kimg on {device}"
             f"{' (resuming ' + resolved.run + ')' if resolved.run and settings.resume else ''}")
     on_cpu = estimates.refuse_slow_cpu_run(resolved.cfg, resolution, resolved.kimg, device, resolved.cpu_ok)
-    return f"{line}; {on_cpu}" if on_cpu else line
+    line = f"{line}; {on_cpu}" if on_cpu else line
+    return f"{line}\n{kill_cost(resolved, resolution, device, _run_to_continue(workspace, settings, None))}"
+
+
+def kill_cost(settings: RunSettings, resolution: int, device, run_dir: Optional[Path] = None) -> str:
+    """The most training a kill could cost with these snapshot settings: at the run's own recent speed when
+    its stats.jsonl has ticks (a resume), else at this project's estimate for the config and device."""
+    rate = estimates.seconds_per_kimg(settings.cfg, resolution, device)
+    recent = [line["sec_per_kimg"] for line in (snapshot.read_stats(run_dir) if run_dir else [])[-5:]
+              if isinstance(line.get("sec_per_kimg"), (int, float)) and not line.get("partial")]
+    if recent:
+        median = float(np.median(recent))
+        rate = (median, median, "this run's last ticks")
+    return estimates.most_lost_by_a_kill(settings.snap, settings.kimg_per_tick, settings.snap_minutes, rate)
 
 
 def settings_to_resume(workspace, run: Optional[str] = None, body_part: Optional[str] = None,
@@ -341,21 +354,29 @@ def _quiet(text: str) -> None:
 
 @dataclasses.dataclass
 class _Progress:
-    """The counters of a run; a state holds them (a state is always written at a tick boundary)."""
+    """The counters of a run; a state holds them. A state written between two tick boundaries (a stop
+    mid-tick) also holds that tick's statistics so far (`partial_tick`), so its line comes out whole."""
     cur_nimg: int = 0  # real images shown to D so far
-    cur_tick: int = 0
+    cur_tick: int = 0  # ticks completed
     batch_idx: int = 0  # iterations so far (the key of that iteration's random draws)
-    tick_start_nimg: int = 0
+    tick_start_nimg: int = 0  # image count at the start of the tick in progress
     total_sec: float = 0.0  # training seconds over all calls
 
     def to_state(self) -> Dict[str, Any]:
         return {"cur_nimg": self.cur_nimg, "cur_tick": self.cur_tick, "batch_idx": self.batch_idx,
-                "tick_start_nimg": self.cur_nimg, "total_sec": self.total_sec}
+                "tick_start_nimg": self.tick_start_nimg, "total_sec": self.total_sec}
 
     @classmethod
     def from_state(cls, state: Dict[str, Any]) -> "_Progress":
         return cls(int(state["cur_nimg"]), int(state["cur_tick"]), int(state["batch_idx"]),
                    int(state["tick_start_nimg"]), float(state.get("total_sec", 0.0)))
+
+
+def tick_end_nimg(tick_start_nimg: float, tick_nimg: float) -> float:
+    """The image count that ends the tick started at `tick_start_nimg`: the next multiple of the tick length
+    (k x kimg_per_tick), so that tick boundaries fall on the same kimg whatever cuts and resumes came between
+    (and a run resumed from an NVlabs pickle at 120 kimg continues on the same grid)."""
+    return (math.floor(tick_start_nimg / tick_nimg + 1e-9) + 1) * tick_nimg
 
 
 class _StopRequest:
@@ -402,6 +423,8 @@ class _Run:
         self.on_tick, self.on_snapshot = on_tick, on_snapshot
         self.lock = snapshot.RunLock(self.run_dir.path)
         self.progress = _Progress()
+        self.partial_tick: Optional[Dict[str, Any]] = None  # the statistics of a tick cut by a stop (see end_tick)
+        self.stager: Optional[staging.Stager] = None  # rank 0, when snapshots go through local disk first
         self.history: List[dict] = list((start.state or {}).get("options", {}).get("history", []))
         self.stop_reason: Optional[str] = None  # why the loop ended ('done', 'max_minutes', 'interrupted')
         self.run_id, self.lineage = _run_identity(start)
@@ -419,6 +442,8 @@ class _Run:
                      f"{total_nimg / 1000:g} kimg; nothing to train (raise --kimg to train longer)")
             return self.run_dir.path
         stop_reason = self.stop_reason = self.loop(total_nimg)
+        if self.stager is not None:
+            self.stager.finish()  # what the workspace has not taken yet: more tries, else where it is
         kimg = self.progress.cur_nimg / 1000
         if stop_reason == "done":
             message = f"finished: {kimg:g} kimg"
@@ -482,6 +507,8 @@ class _Run:
                 self.run_dir.path.mkdir(parents=True, exist_ok=True)
                 self.lock.acquire()  # before touching anything: another process may own this run
                 snapshot.remove_stale_temporaries(self.run_dir.path)
+                self.stager = staging.Stager.for_run(self.run_dir, self.settings.staging, self.settings.keep,
+                                                     self.settings.keep_networks_every, self.log)
 
     # --- 3. the data and the batch split ------------------------------------------------------------
     def load_data(self) -> None:
@@ -569,6 +596,7 @@ class _Run:
                 self.scaler.load_state_dict(state["scaler"])
             self.sampler.load_state_dict(state["data"])
             self.progress = _Progress.from_state(state["progress"])
+            self.partial_tick = state.get("partial_tick")
             rng.set_global_state(state["rng"])
             self.log(f"resuming {self.run_dir.name} from {self.run_dir.state(self.progress.cur_nimg / 1000).name}: "
                      f"{self.progress.cur_nimg / 1000:g} kimg, tick {self.progress.cur_tick}")
@@ -595,12 +623,18 @@ class _Run:
             if not self.dist.is_writer:
                 return
             # A resumed run's log is cut back to its state's tick; a fresh run starts a fresh log.
-            snapshot.rewind_stats(self.run_dir.path, self.progress.cur_tick if self.start.state is not None else -1)
+            tick = self.progress.cur_tick if self.start.state is not None else -1
+            if self.stager is not None:  # the lines an earlier call could not append come first
+                self.stager.rewind_pending(tick)
+                self.stager.retry()
+            snapshot.rewind_stats(self.run_dir.path, tick)
             if self.progress.cur_nimg >= total_nimg:
                 return
             state_bytes = snapshot.estimate_state_bytes(self.G, self.D)
             network_bytes = sum(t.numel() * t.element_size() for t in self.G_ema.state_dict().values())
             snapshot.check_free_space(self.run_dir.path, state_bytes, network_bytes)
+            self.log(kill_cost(self.settings, int(self.G_kwargs["img_resolution"]), self.device,
+                               self.run_dir.path if self.start.state is not None else None))
             self.history.append({"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                  "from_kimg": self.progress.cur_nimg / 1000, "target_kimg": total_nimg / 1000,
                                  "resumed": self.start.state is not None, "world_size": self.dist.world_size})
@@ -644,7 +678,13 @@ class _Run:
         mine = slice(dist.rank * self.rank_batch, (dist.rank + 1) * self.rank_batch)  # this rank's part of a batch
         self.tick_sums: Dict[str, float] = {}
         self.tick_counts: Dict[str, int] = {}
-        tick_started = time.time()
+        tick_started = self.last_snapshot_at = time.time()  # the call starts from a snapshot (or from nothing)
+        if self.partial_tick is not None:  # continue the tick a stop cut: its statistics so far, its seconds
+            if dist.rank == 0:  # they are those of all ranks together; merge_sums adds the other ranks' new ones
+                self.tick_sums = dict(self.partial_tick["sums"])
+                self.tick_counts = {key: int(value) for key, value in self.partial_tick["counts"].items()}
+            tick_started -= float(self.partial_tick.get("seconds", 0.0))
+        tick_end = tick_end_nimg(progress.tick_start_nimg, tick_nimg)
         first_step_done = False
         try:
             with _StopRequest() as stop:
@@ -672,11 +712,13 @@ class _Run:
                                  "started")
                     stop_reason = ("done" if progress.cur_nimg >= total_nimg else "max_minutes" if out_of_time > 0
                                    else "interrupted" if interrupted > 0 else None)
-                    if stop_reason is None and progress.cur_nimg < progress.tick_start_nimg + tick_nimg:
+                    complete = progress.cur_nimg >= tick_end
+                    if stop_reason is None and not complete:
                         continue
                     tick_seconds = time.time() - tick_started
-                    self.end_tick(tick_seconds, total_nimg, stop_reason)
+                    self.end_tick(tick_seconds, total_nimg, stop_reason, complete)
                     tick_started = time.time()
+                    tick_end = tick_end_nimg(progress.tick_start_nimg, tick_nimg)
                     if stop_reason is not None:
                         return stop_reason
         finally:
@@ -776,14 +818,19 @@ class _Run:
         return sign_sum, sign_count
 
     # --- 8. the end of a tick -----------------------------------------------------------------------
-    def end_tick(self, tick_seconds: float, total_nimg: int, stop_reason: Optional[str]) -> None:
-        """The stats line (over all ranks' chunks), maybe metrics and a snapshot (rank 0), on_tick."""
+    def end_tick(self, tick_seconds: float, total_nimg: int, stop_reason: Optional[str], complete: bool = True
+                 ) -> None:
+        """The stats line (over all ranks' chunks), maybe metrics and a snapshot (rank 0), on_tick.
+
+        complete: the tick reached its boundary (tick_end_nimg). A stop before it (the target, the time limit,
+        a stop request between two boundaries) writes the line of the tick so far marked `partial` and a state
+        holding the tick's statistics; a resume drops that line (rewind_stats) and writes the whole tick's
+        line at its boundary, the same line as an uninterrupted run's."""
         settings, progress = self.settings, self.progress
-        progress.cur_tick += 1
         progress.total_sec += tick_seconds
         tick_kimg = (progress.cur_nimg - progress.tick_start_nimg) / 1000
         sums, counts = self.dist.merge_sums(self.tick_sums, self.tick_counts)
-        line: Dict[str, Any] = {"tick": progress.cur_tick, "kimg": round(progress.cur_nimg / 1000, 6)}
+        line: Dict[str, Any] = {"tick": progress.cur_tick + 1, "kimg": round(progress.cur_nimg / 1000, 6)}
         for key in sorted(sums):
             line[key] = sums[key] / max(counts[key], 1)
         if "D_real_sign" in line:
@@ -799,23 +846,40 @@ class _Run:
         line["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if stop_reason not in (None, "done"):
             line["stop_reason"] = stop_reason
+        if complete:
+            progress.cur_tick += 1
+            progress.tick_start_nimg = progress.cur_nimg
+            self.partial_tick = None
+        else:
+            line["partial"] = True
+            self.partial_tick = {"sums": dict(sums), "counts": dict(counts), "seconds": tick_seconds}
         # Every random draw up to here belongs to this tick; a state written now resumes from here.
         rng_at_tick_end = rng.global_state()
-        snapshot_now = stop_reason is not None or progress.cur_tick % settings.snap == 0
-        measure_now = snapshot_now and settings.metrics_every > 0 and \
+        every_snap = progress.cur_tick % settings.snap == 0
+        # The clock of rank 0 decides a time-based snapshot: only rank 0 writes, the others wait for it anyway.
+        on_time = settings.snap_minutes is not None and \
+            time.time() - self.last_snapshot_at >= settings.snap_minutes * 60
+        snapshot_now = stop_reason is not None or every_snap or on_time
+        measure_now = (stop_reason is not None or every_snap) and settings.metrics_every > 0 and \
             (progress.cur_tick // settings.snap) % settings.metrics_every == 0
         with self.dist.agreement():  # the other ranks wait here while rank 0 writes
             if self.dist.is_writer:
                 if measure_now and self.on_snapshot is not None:
                     line.update(self.measure())
-                snapshot.append_stats(self.run_dir.path, line)
+                if self.stager is not None:
+                    self.stager.append_stats(line)
+                else:
+                    snapshot.append_stats(self.run_dir.path, line)
                 self.say(_format_line(line))
                 if snapshot_now:
                     self.write_snapshot(stop_reason, rng_at_tick_end)
+                    self.last_snapshot_at = time.time()
+                elif self.stager is not None:
+                    self.stager.retry()
         if self.on_tick is not None:
             self.on_tick(line)
-        self.tick_sums, self.tick_counts = {}, {}
-        progress.tick_start_nimg = progress.cur_nimg
+        if complete:
+            self.tick_sums, self.tick_counts = {}, {}
 
     def measure(self) -> Dict[str, Any]:
         """on_snapshot's keys for the stats line, without touching the RNG states the training reads."""
@@ -828,12 +892,13 @@ class _Run:
         """The fakes grid, the generator file and the full state of the current tick; then retention."""
         kimg = self.progress.cur_nimg / 1000
         label = self.settings.label
-        snapshot.save_fakes_grid(self.G_ema, self.settings.seed, self.run_dir.fakes(kimg))
+        folder = self.stager.local if self.stager is not None else self.run_dir  # staged: local disk first
+        snapshot.save_fakes_grid(self.G_ema, self.settings.seed, folder.fakes(kimg))
         meta = dict(kimg=kimg, run=self.run_dir.name, label=label,
                     class_names=CLASS_NAMES if label == "both" else [label])
         from mura_aug.gan.network_file import save_network_file
 
-        save_network_file(self.run_dir.network(kimg), self.G_ema, **meta)
+        save_network_file(folder.network(kimg), self.G_ema, **meta)
         state = {
             "G_kwargs": self.G_kwargs, "D_kwargs": self.D_kwargs,
             **{key: _cpu_state(module) for key, module in self.networks.items()},
@@ -842,11 +907,12 @@ class _Run:
             "ada": self.ada.state_dict() if self.ada is not None else None,
             "loss": self.loss.state_dict(), "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "data": self.sampler.state_dict(), "progress": self.progress.to_state(), "rng": rng_state,
+            "partial_tick": self.partial_tick,
             "config": self.config.to_dict(), "options": self.stored_options(),
             **meta, "resolution": int(self.G_kwargs["img_resolution"]), "stop_reason": stop_reason,
         }
         try:
-            snapshot.save_state(self.run_dir.state(kimg), state)
+            snapshot.save_state(folder.state(kimg), state)
         except UserError as exc:
             previous = [s for s in snapshot.list_snapshots(self.run_dir.path)
                         if s.state_path is not None and s.kimg < kimg]
@@ -854,8 +920,12 @@ class _Run:
                 "no earlier state exists"
             raise UserError(f"Training stopped at {kimg:g} kimg: the snapshot could not be written. "
                             f"{exc.problem} ({kept}.)", exc.fix) from exc
+        state_size = folder.state(kimg).stat().st_size
+        if self.stager is not None:
+            self.log(f"snapshot {kimg_tag(kimg)} kimg: state {snapshot.human_bytes(state_size)}, "
+                     f"{self.stager.staged(kimg)}")
+            return
         deleted = snapshot.apply_retention(self.run_dir.path, self.settings.keep, self.settings.keep_networks_every)
-        state_size = self.run_dir.state(kimg).stat().st_size
         self.log(f"snapshot {kimg_tag(kimg)} kimg: state {snapshot.human_bytes(state_size)}"
                  f"{f', {len(deleted)} old file(s) removed' if deleted else ''}; run folder "
                  f"{snapshot.human_bytes(snapshot.folder_bytes(self.run_dir.path))}, "

@@ -50,6 +50,17 @@ class RunSettings(StageSettings):
                                    "0.1 on a CPU)", unit="kimg")
     snap: int = setting(10, "ticks between snapshots (at 256 px a training state is about 630 MB, a generator "
                         "file about 89 MB)", unit="ticks")
+    # 30 minutes on the command line too: at auto-256 on a T4 (60-150 s/kimg, docs/stage_02_04_train.md) SNAP
+    # alone means a snapshot every 40-100 minutes, so a killed VM lost up to that much; a state write of ~630 MB
+    # takes seconds on a local disk and ~10-30 s on Drive, under 2 % of 30 minutes. Short CPU runs snapshot by
+    # SNAP long before 30 minutes pass, so it changes nothing there.
+    snap_minutes: Optional[float] = setting(30.0, "also snapshot at the first tick boundary after this many "
+                                            "minutes since the last snapshot (bounds what a killed session "
+                                            "loses); none = only every SNAP ticks", unit="minutes")
+    staging: str = setting("auto", "write each snapshot to local disk first, then copy it to the workspace and "
+                           "verify it, retrying while the workspace fails (training goes on): auto (when the "
+                           "workspace is on Google Drive in Colab), on (any slow or network mount), off",
+                           choices=("auto", "on", "off"), notebook=False)
     keep: int = setting(3, "training states kept (the newest); older ones are deleted after each snapshot",
                         unit="states")
     keep_networks_every: int = setting(1, "keep the generator file of every N-th snapshot (and of the newest)",
@@ -97,8 +108,8 @@ class RunSettings(StageSettings):
 
     SHAPING = ("label", "body_part", "cfg", "resolution", "kimg_per_tick", "batch", "batch_gpu", "gamma", "mirror",
                "seed", "transfer", "freeze_d", "amp")
-    RUN_CONTROL = ("kimg", "snap", "keep", "keep_networks_every", "max_minutes", "metrics_every", "metrics_fakes",
-                   "device", "compile", "channels_last", "progress", "cpu_ok")
+    RUN_CONTROL = ("kimg", "snap", "snap_minutes", "staging", "keep", "keep_networks_every", "max_minutes",
+                   "metrics_every", "metrics_fakes", "device", "compile", "channels_last", "progress", "cpu_ok")
     # The other two say what a call does: `resume` is the call's own; `run` names the run (a resumed run's).
 
     # --- what the user gave ---------------------------------------------------------------------------
@@ -190,6 +201,8 @@ class RunSettings(StageSettings):
             ("kimg", self.kimg > 0, "a positive number of thousand images, e.g. 500"),
             ("kimg_per_tick", self.kimg_per_tick > 0, "a positive number, e.g. 4 (or 0.1 on a CPU)"),
             ("snap", self.snap >= 1, "a number of ticks >= 1"),
+            ("snap_minutes", self.snap_minutes is None or self.snap_minutes > 0,
+             "a positive number of minutes (or none: only every SNAP ticks)"),
             ("keep", self.keep >= 1, "at least 1 training state (or the run could not be resumed)"),
             ("keep_networks_every", self.keep_networks_every >= 1, "1 (every snapshot) or more"),
             ("batch", self.batch is None or self.batch >= 1, "a positive number of images"),

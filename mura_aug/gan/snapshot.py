@@ -31,7 +31,7 @@ from mura_aug.errors import UserError
 from mura_aug.gan import sampling
 from mura_aug.gan.torch_files import REFUSED, UnsafeFileError, load_weights_only, save_torch_file
 from mura_aug.workspace import (SNAPSHOT_NAME, RunFolder, Workspace, atomic_path, atomic_write_text,
-                                free_bytes)
+                                free_bytes, staging_folder)
 
 PathLike = Union[str, os.PathLike]
 
@@ -283,15 +283,21 @@ def load_state(path: PathLike) -> Dict[str, Any]:
 
 def load_newest_state(run_dir: PathLike, log=print) -> Tuple[Optional[SnapshotInfo], Optional[Dict[str, Any]]]:
     """The newest state of a run that loads and belongs to it (state_mismatch), and its content; newer ones
-    that are unreadable or another run's are skipped with a warning."""
+    that are unreadable or another run's are skipped with a warning. States in the run's staging folder on
+    local disk (staged snapshots whose copy to the workspace did not finish, gan/staging.py) count too: of two
+    at the same kimg the workspace's is taken."""
     options = read_training_options(run_dir)
-    for info in reversed(list_snapshots(run_dir)):
-        if info.state_path is None:
-            continue
+    local = [info for info in list_snapshots(staging_folder(run_dir).path) if info.state_path is not None]
+    here = [info for info in list_snapshots(run_dir) if info.state_path is not None]
+    candidates = sorted([(info.kimg, 1, info) for info in here] + [(info.kimg, 0, info) for info in local],
+                        key=lambda item: item[:2])
+    for _, on_workspace, info in reversed(candidates):
         try:
             state = _load_state_unchecked(info.state_path)
             problem = state_mismatch(state, options, info.state_path, run_dir)
             if problem is None:
+                if not on_workspace and log is not None:
+                    log(f"the newest state is on local disk, not yet copied to the workspace: {info.state_path}")
                 return info, state
             message = f"Skipping the training state {info.state_path}: it is not this run's: {problem}."
         except UnsafeFileError:
