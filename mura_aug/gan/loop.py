@@ -532,12 +532,15 @@ class _Run:
             self.loss = self.compiled_loss()
 
     def compiled_loss(self):
+        """The loss of --compile: G's mapping and synthesis networks and D torch.compile'd for the main phases
+        (the loss calls G.mapping and G.synthesis, so compiling G itself would compile nothing it runs). The
+        regularisation phases stay eager: R1 and the path length differentiate twice, which torch.compile
+        does not support ("torch.compile with aot_autograd does not currently support double backward")."""
         from mura_aug.gan.loss import StyleGAN2Loss
 
-        loss = StyleGAN2Loss(G=torch.compile(self.G), D=torch.compile(self.D), augment_pipe=self.augment_pipe,
+        main = StyleGAN2Loss(G=_CompiledGenerator(self.G), D=torch.compile(self.D), augment_pipe=self.augment_pipe,
                              **self.config.loss_kwargs)
-        loss.load_state_dict(self.loss.state_dict())
-        return loss
+        return _CompiledMainPhases(main, self.loss)
 
     # --- 6. the run's log and metadata --------------------------------------------------------------
     def start_log(self, total_nimg: int) -> None:
@@ -879,6 +882,42 @@ class _Run:
 # =====================================================================================================
 # Small helpers
 # =====================================================================================================
+
+class _CompiledGenerator:
+    """G as the loss sees it under --compile: `mapping` and `synthesis` compiled, every other attribute G's."""
+
+    def __init__(self, G):
+        self.G = G
+        self.mapping = torch.compile(G.mapping)
+        self.synthesis = torch.compile(G.synthesis)
+
+    def __getattr__(self, name):  # only for names not set above
+        return getattr(self.G, name)
+
+
+class _CompiledMainPhases:
+    """A loss that runs G main and D main with compiled networks (`main`) and every phase that differentiates
+    twice (the regularisers) with the eager loss, which also holds pl_mean and is what a state saves."""
+
+    MAIN = ("Gmain", "Dmain")
+
+    def __init__(self, main, eager):
+        self.main, self.eager = main, eager
+
+    def accumulate_gradients(self, phase, **kwargs):
+        return (self.main if phase in self.MAIN else self.eager).accumulate_gradients(phase=phase, **kwargs)
+
+    @property
+    def pl_mean(self):
+        return self.eager.pl_mean
+
+    @pl_mean.setter
+    def pl_mean(self, value):
+        self.eager.pl_mean = value
+
+    def __getattr__(self, name):  # pl_weight, state_dict, load_state_dict, ...
+        return getattr(self.eager, name)
+
 
 def _adam(params, kwargs: dict) -> torch.optim.Optimizer:
     """Adam with the config's arguments (a JSON round trip turns betas into a list of maybe-int numbers) and
