@@ -89,9 +89,9 @@ GPU_SIZES = Sizes(device="cuda", train_cfg="auto", train_resolution=256, train_b
 # torch.compile is left out of the smoke run: tracing the networks takes minutes on a small CPU
 # (tests/test_mixed_precision.py checks the compiled loop with the aot_eager backend, marked slow).
 CPU_SMOKE_SIZES = Sizes(device="cpu", train_cfg="tiny", train_resolution=16, train_batch=4, tick_kimg=0.008,
-                        ticks=3, train_images=12, compile_modes=(False,), generate_images=32, generate_batch=16,
-                        generate_cfg="tiny", generate_resolution=32, fid_fakes=16, classifier_arch="tiny",
-                        classifier_size=32, classifier_batch=4, classifier_seconds=0.2,
+                        ticks=2, train_images=12, compile_modes=(False,), generate_images=16, generate_batch=8,
+                        generate_cfg="tiny", generate_resolution=32, fid_fakes=8, classifier_arch="tiny",
+                        classifier_size=32, classifier_batch=4, classifier_seconds=0.1,
                         profile_iterations_kimg=0.008)
 # Shares of the budget (seconds of the whole) each part may take; what a part leaves over goes to the next.
 BUDGET_SHARES = {"a": 0.2, "b": 0.5, "c": 0.12, "d": 0.08, "f": 0.1}
@@ -324,7 +324,11 @@ def part_f(sizes: Sizes, info: Dict[str, Any], workspace, seconds: float) -> Dic
     with profile(activities=activities) as prof:
         run_dir = loop.train(workspace, settings, log=lambda text: None)
     shutil.rmtree(run_dir, ignore_errors=True)
-    sort_by = "self_cuda_time_total" if sizes.device == "cuda" else "self_cpu_time_total"
+    from torch.autograd.profiler_util import FunctionEventAvg
+
+    device_key = "self_device_time_total" if hasattr(FunctionEventAvg, "self_device_time_total") \
+        else "self_cuda_time_total"  # torch < 2.4
+    sort_by = device_key if sizes.device == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort_by, row_limit=15, max_name_column_width=60)
     say("(f) top kernels recorded")
     return {"sort_by": sort_by, "table": table}
