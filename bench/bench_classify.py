@@ -38,30 +38,44 @@ MURA_SHOULDER_TRAIN_IMAGES = 8379  # MURA-v1.1 XR_SHOULDER train split
 MURA_SHOULDER_VALID_IMAGES = 563  # MURA-v1.1 XR_SHOULDER valid split
 
 
-def images_per_second(arch: str, size: int, batch: int, train: bool, seconds: float) -> float:
+def images_per_second(arch: str, size: int, batch: int, train: bool, seconds: float, device: str = "cpu",
+                      mixed: bool = False) -> float:
+    """Images per second of the network alone. device: where it runs; mixed: float16 autocast with a grad
+    scaler, as `classifier.train_run` does on CUDA (bench/gpu_check.py passes both)."""
+    from mura_aug.devices import grad_scaler
+
     torch.manual_seed(0)
-    model = classifier.build_model(arch, pretrained=False, progress=False)
-    images = torch.randn(batch, 3, size, size)
-    labels = (torch.arange(batch) % 2).float()
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0]))
+    model = classifier.build_model(arch, pretrained=False, progress=False).to(device)
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = (torch.arange(batch, device=device) % 2).float()
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0], device=device))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = grad_scaler(device, enabled=mixed)
     model.train(train)
+    on_cuda = torch.device(device).type == "cuda"
 
     def step():
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.float16, enabled=mixed):
+            if train:
+                loss = loss_fn(model(images).squeeze(1).float(), labels)
+            else:
+                with torch.no_grad():
+                    model(images)
         if train:
-            loss = loss_fn(model(images).squeeze(1), labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        else:
-            with torch.no_grad():
-                model(images)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
     step()  # warm-up: allocator, kernels
+    if on_cuda:
+        torch.cuda.synchronize()
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or done < 2:
         step()
         done += 1
+        if on_cuda:
+            torch.cuda.synchronize()
     return done * batch / (time.perf_counter() - started)
 
 

@@ -41,6 +41,11 @@ sys.path.insert(0, str(REPO_ROOT / "bench"))
 import machine_speed  # noqa: E402  (bench/machine_speed.py)
 
 NVLABS_AUTO_32_S_PER_KIMG = 900.0  # NVIDIA's code, auto config, 32 px, batch 4, fp32, 2-core CPU (issue 3)
+# NVIDIA's table for its own code (stylegan2-ada-pytorch README, "expected training times", default config =
+# auto, 256 px, batch 16) on one Tesla V100 with its custom CUDA kernels: s/kimg, low and high end, and the
+# hours per 1000 kimg (6 h 36 min). bench/gpu_check.py compares against it (issue 17).
+NVLABS_V100_AUTO_256_S_PER_KIMG = (21.6, 24.2)
+NVLABS_V100_AUTO_256_HOURS_PER_1000_KIMG = 6 + 36 / 60
 
 # NVlabs' `auto` spec at 32 px on one GPU: fmaps 0.5 -> channel_base 16384, map 2, mbstd 4, conv_clamp 256.
 AUTO_32_G = dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=32, img_channels=3,

@@ -1,8 +1,10 @@
-"""Which torch device a stage runs on, which reduced precision it uses there, and how a CPU training call
-keeps its freed memory: one rule for every stage, so "auto" and the errors read the same."""
+"""Which torch device a stage runs on, which reduced precision it uses there, what running out of GPU memory
+looks like, and how a CPU training call keeps its freed memory: one rule for every stage, so "auto" and the
+errors read the same."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from typing import Mapping, Optional, Tuple
 
@@ -36,20 +38,103 @@ def resolve_device(device=None):
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # the choices of every stage's `amp` setting
 
 
-def autocast_dtype(amp: str, device):
-    """The dtype torch.autocast runs in, or None for full float32. Only CUDA uses reduced precision (on a
-    CPU bfloat16 autocast measured slower than float32, docs/gan_networks.md). "auto" picks bfloat16 on GPUs
-    with native bfloat16 (compute capability 8.0, Ampere, or newer) and float16 (which needs a grad scaler)
-    on older ones: torch reports bfloat16 as supported on a T4 (7.5) too, where it is emulated and slow."""
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """How a training step computes: what `amp` means on one device.
+
+    name: 'fp32', 'fp16' or 'bf16' (what a results table and training_options.json call it);
+    autocast: the dtype torch.autocast runs in, or None (no autocast);
+    fp16_blocks: whether the networks' blocks built with use_fp16 (NVIDIA's top `num_fp16_res` resolutions,
+    activations clamped at conv_clamp) run in float16 (only on CUDA: ops.block_dtype keeps them float32 on a
+    CPU, which has no fast float16 convolution);
+    grad_scaler: whether the losses are scaled (torch.amp.GradScaler), which float16 gradients need to stay
+    above float16's smallest number."""
+    name: str
+    autocast: Optional[object] = None
+    fp16_blocks: bool = False
+    grad_scaler: bool = False
+
+
+def precision(amp: str, device) -> Precision:
+    """What the `amp` setting means on `device`.
+
+    - off: float32 everywhere (the fp16 blocks too);
+    - fp16: NVIDIA's scheme: the fp16 blocks in float16 with conv_clamp, everything else float32, the losses
+      scaled by a grad scaler (on a CPU the blocks stay float32, but the scaler runs: the same code path);
+    - bf16: torch.autocast in bfloat16 over the whole step, the fp16 blocks off (bfloat16 has float32's range,
+      so nothing needs clamping or scaling); also on a CPU when asked for by name (bench/results/
+      networks_cpu_bf16.md: slower than float32 on our CPUs, but it runs the GPU's mixed-precision code);
+    - auto: on CUDA bfloat16 on GPUs with native bfloat16 (compute capability 8.0, Ampere, or newer) and fp16
+      on older ones (torch reports bfloat16 as supported on a T4, 7.5, too, where it is emulated and slow);
+      on a CPU float32."""
     import torch
 
     if amp not in AMP_MODES:
         raise UserError(f"Unknown mixed-precision setting amp={amp!r}.", f"Use one of {', '.join(AMP_MODES)}.")
-    if torch.device(device).type != "cuda" or amp == "off":
-        return None
+    device = torch.device(device)
     if amp == "auto":
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+        if device.type != "cuda":
+            amp = "off"
+        else:
+            amp = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+    if amp == "off":
+        return Precision("fp32")
+    if amp == "fp16":
+        return Precision("fp16", fp16_blocks=True, grad_scaler=True)
+    return Precision("bf16", autocast=torch.bfloat16)
+
+
+def autocast_dtype(amp: str, device):
+    """The dtype torch.autocast runs in under `amp` on `device`, or None (see `precision`)."""
+    return precision(amp, device).autocast
+
+
+def grad_scaler(device, enabled: bool = True):
+    """A torch GradScaler for `device` (CUDA or CPU; torch.amp.GradScaler since torch 2.3, the CUDA one before).
+    Its state_dict() is what a training state stores, load_state_dict() what a resume restores."""
+    import torch
+
+    device_type = torch.device(device).type
+    scaler_class = getattr(getattr(torch, "amp", None), "GradScaler", None)
+    if scaler_class is not None:
+        return scaler_class(device_type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled and device_type == "cuda")  # torch < 2.3
+
+
+# --- running out of GPU memory ------------------------------------------------------------------------------
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is the accelerator running out of memory (torch.OutOfMemoryError, called
+    torch.cuda.OutOfMemoryError too; older torch raised a plain RuntimeError saying so)."""
+    import torch
+
+    kind = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if kind is not None and isinstance(exc, kind):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower() and "CUDA" in str(exc)
+
+
+def free_accelerator_memory(device) -> None:
+    """Give the memory of the tensors freed after an out-of-memory error back to the CUDA allocator's pool,
+    so that the next, smaller try can use it (a no-op elsewhere)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def accelerator_memory_text(device) -> str:
+    """'the 15.8 GB of GPU cuda:0 (Tesla T4)' or 'this device' (for messages)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(device)
+        return f"the {properties.total_memory / 1e9:.1f} GB of GPU {device} ({properties.name})"
+    return f"the memory of {device}"
 
 
 # --- the CPU allocator during training ----------------------------------------------------------------------

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -272,3 +273,51 @@ def test_offline_pretrained_download_says_what_to_do(monkeypatch):
     monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
     with pytest.raises(UserError, match="--no-pretrained"):
         classifier.build_model("densenet169", pretrained=True)
+
+
+# --- out of GPU memory (issue 17) -----------------------------------------------------------------
+
+def _conv_fits_only(monkeypatch, images_per_pass: int) -> list:
+    """torch.nn.functional.conv2d raises CUDA's out-of-memory error on more than `images_per_pass` images
+    (as a GPU would that holds that many); returns the batch sizes it refused."""
+    import torch
+
+    real_conv2d = torch.nn.functional.conv2d
+    refused = []
+
+    def conv2d(x, *args, **kwargs):
+        if x.shape[0] > images_per_pass:
+            refused.append(int(x.shape[0]))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real_conv2d(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", conv2d)
+    return refused
+
+
+OOM_OPTIONS = dict(arch="tiny", pretrained=False, image_size=32, seeds=1, arms=("baseline",), workers=0,
+                   early_stop_patience=5, n_boot=50, epochs=1, batch_size=16)
+
+
+def test_out_of_memory_in_stage_06_halves_the_passes_says_so_and_finishes(eval_workspace, tmp_path, monkeypatch,
+                                                                          capsys):
+    workspace = _copy(eval_workspace, tmp_path)
+    refused = _conv_fits_only(monkeypatch, 4)
+    summary = evaluate(workspace, **OOM_OPTIONS)
+    out = capsys.readouterr().out
+    said = [line for line in out.splitlines() if "out of GPU memory" in line]
+    assert refused[:2] == [16, 8] and set(refused) <= {16, 8}  # 16 and 8 failed once each, then passes of 4
+    assert len(said) == 2 and "with 16 images per pass: continuing with 8" in said[0]
+    assert "with 8 images per pass: continuing with 4" in said[1] and "same batch of 16" in said[1]
+    run = summary["runs"][0]
+    assert run["epochs_run"] == 1 and all(np.isfinite(h["train_loss"]) for h in run["history"])
+    predictions = pd.read_csv(workspace.evaluation(BODY, "tiny-32px-scratch").run("baseline-seed0").predictions)
+    assert predictions["probability"].between(0, 1).all()
+
+
+def test_out_of_memory_at_one_image_in_stage_06_names_what_would_fit(eval_workspace, tmp_path, monkeypatch):
+    workspace = _copy(eval_workspace, tmp_path)
+    _conv_fits_only(monkeypatch, 0)
+    with pytest.raises(UserError, match="not even one image per pass") as caught:
+        evaluate(workspace, **{**OOM_OPTIONS, "image_size": 64})
+    assert "tiny at 64 px" in caught.value.problem and "--image-size 32" in caught.value.fix

@@ -43,9 +43,10 @@ def test_cuda_without_a_gpu_is_a_user_error_whatever_the_spelling():
 
 # --- mixed precision -----------------------------------------------------------------------------------------
 
-def test_mixed_precision_only_on_cuda_and_only_known_modes():
+def test_mixed_precision_on_a_cpu_only_when_asked_for_by_name_and_only_known_modes():
     for amp in AMP_MODES:
-        assert autocast_dtype(amp, "cpu") is None  # the CPU trains in float32 whatever is asked
+        # the CPU trains in float32 unless bf16 autocast is asked for (tests/test_mixed_precision.py)
+        assert autocast_dtype(amp, "cpu") == (torch.bfloat16 if amp == "bf16" else None)
     with pytest.raises(UserError, match="amp='half'") as caught:
         autocast_dtype("half", "cpu")
     assert "auto, bf16, fp16, off" in caught.value.fix

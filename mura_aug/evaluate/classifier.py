@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
+from mura_aug.devices import accelerator_memory_text, free_accelerator_memory, grad_scaler, is_out_of_memory
 from mura_aug.errors import UserError
 from mura_aug.evaluate import study_metrics
 from mura_aug.evaluate.data import ImageCache, assert_no_synthetic, check_no_patient_overlap, concat, is_real, \
@@ -84,12 +85,31 @@ def TinyCNN(width: int = 16):
 
 # --- one run --------------------------------------------------------------------------------------
 
-def _grad_scaler(enabled: bool):
-    import torch
+class PassSize:
+    """Images per forward pass of one run: the batch, halved each time the GPU runs out of memory (training
+    then accumulates the gradients of the smaller passes to the same batch; predicting just takes smaller
+    bites). Says so once per halving; a UserError naming what would fit once a single image does not."""
 
-    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
-        return torch.amp.GradScaler("cuda", enabled=enabled)
-    return torch.cuda.amp.GradScaler(enabled=enabled)  # torch < 2.3
+    def __init__(self, settings: EvalSettings, device, run_name: str):
+        self.size, self.settings, self.device, self.run_name = int(settings.batch_size), settings, device, run_name
+
+    def halve(self, where: str, error: str) -> None:
+        from tqdm.auto import tqdm
+
+        settings, memory = self.settings, accelerator_memory_text(self.device)
+        if self.size == 1:
+            smaller = [f"--image-size {settings.image_size // 2} (IMAGE_SIZE = {settings.image_size // 2})"] \
+                if settings.image_size // 2 >= 32 else []
+            smaller += {"densenet169": ["--arch resnet50"], "resnet50": ["--arch tiny"]}.get(settings.arch, [])
+            raise UserError(f"{settings.arch} at {settings.image_size} px does not fit into {memory}, not even one "
+                            f"image per pass ({where} of {self.run_name}: {error}).",
+                            f"Rerun with {' or '.join(smaller + ['a GPU with more memory'])} (a new experiment: "
+                            "these settings shape the results); close other notebooks that hold GPU memory.")
+        old = self.size
+        self.size = max(old // 2, 1)
+        tqdm.write(f"out of GPU memory while {where} {self.run_name} with {old} images per pass: continuing with "
+                   f"{self.size} per pass from the same batch (training accumulates the gradients to the same "
+                   f"batch of {settings.batch_size}; batch-norm statistics then come from the smaller passes)")
 
 
 def _loader(dataset, batch_size, shuffle, workers, seed, device):
@@ -103,8 +123,9 @@ def _loader(dataset, batch_size, shuffle, workers, seed, device):
 
 
 def predict(model, dataset, device, batch_size: int, workers: int, progress: bool = False,
-            description: str = "predicting") -> np.ndarray:
-    """Probabilities (sigmoid of the logit), one per image, in the dataset's order."""
+            description: str = "predicting", passes: Optional[PassSize] = None) -> np.ndarray:
+    """Probabilities (sigmoid of the logit), one per image, in the dataset's order. `passes`: the run's pass
+    size, halved when the GPU runs out of memory (None: whole batches, out of memory is an error)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -114,10 +135,54 @@ def predict(model, dataset, device, batch_size: int, workers: int, progress: boo
     with torch.no_grad():
         batches = _loader(dataset, batch_size, False, workers, 0, device)
         for images, _ in tqdm(batches, desc=description, unit="batch", leave=False, disable=not progress):
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images.to(device, non_blocking=True))
-            outputs.append(torch.sigmoid(logits.float()).squeeze(1).cpu().numpy())
+            images = images.to(device, non_blocking=True)
+            while True:
+                failed = None
+                try:
+                    parts = []
+                    for part in images.split(passes.size if passes is not None else len(images)):
+                        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                            logits = model(part)
+                        parts.append(torch.sigmoid(logits.float()).squeeze(1).cpu().numpy())
+                    break
+                except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+                    if passes is None or not is_out_of_memory(exc):
+                        raise
+                    failed = _error_line(exc)
+                parts = logits = None  # outside the except clause: the failed pass' tensors can be freed
+                free_accelerator_memory(device)
+                passes.halve(description, failed)
+            outputs.extend(parts)
     return np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.float32)
+
+
+def _error_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _train_step(model, optimizer, scaler, loss_fn, images, labels, pass_size: int, use_amp: bool, run_dir: Path,
+                epoch: int) -> float:
+    """One optimizer step on one batch in passes of `pass_size` images whose gradients accumulate: each pass'
+    mean loss weighted by its share of the batch, so the gradient is the batch mean's. Returns the batch's
+    mean loss."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for part, part_labels in zip(images.split(pass_size), labels.split(pass_size)):
+        with torch.autocast(device_type=images.device.type, dtype=torch.float16, enabled=use_amp):
+            logits = model(part).squeeze(1)
+        loss = loss_fn(logits.float(), part_labels)
+        if not torch.isfinite(loss):
+            raise UserError(f"The training loss of {run_dir.name} became {loss.item()} at epoch {epoch + 1}.",
+                            f"Move {run_dir} away (its last good epoch stays in checkpoint.pt) and rerun with "
+                            "a lower learning rate (LEARNING_RATE / --learning-rate, e.g. 1e-5).")
+        share = len(part_labels) / len(labels)
+        scaler.scale(loss * share if share != 1 else loss).backward()
+        total += loss.item() * share
+    scaler.step(optimizer)
+    scaler.update()
+    return total
 
 
 def _balanced_loss(labels: np.ndarray, device):
@@ -152,7 +217,8 @@ def train_run(run_dir: Path, fit, val, evaluation, settings: EvalSettings, seed:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                            patience=settings.lr_patience)
     use_amp = device.type == "cuda"
-    scaler = _grad_scaler(use_amp)
+    scaler = grad_scaler(device, enabled=use_amp)
+    passes = PassSize(settings, device, run_dir.name)  # images per forward pass: halves on out of GPU memory
     train_loss_fn = _balanced_loss(fit["label"].to_numpy(), device)
     val_loss_fn = _balanced_loss(val["label"].to_numpy(), device)
     train_set = make_dataset(cache, fit, True, settings.rotation_deg)
@@ -185,20 +251,22 @@ def train_run(run_dir: Path, fit, val, evaluation, settings: EvalSettings, seed:
         for images, labels in tqdm(batches, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                                    disable=not progress):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(images).squeeze(1)
-            loss = train_loss_fn(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise UserError(f"The training loss of {run_dir.name} became {loss.item()} at epoch {epoch + 1}.",
-                                f"Move {run_dir} away (its last good epoch stays in checkpoint.pt) and rerun with "
-                                "a lower learning rate (LEARNING_RATE / --learning-rate, e.g. 1e-5).")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total_loss += loss.item() * len(labels)
+            while True:  # out of GPU memory: the same batch again in passes half as large
+                failed = None
+                try:
+                    loss = _train_step(model, optimizer, scaler, train_loss_fn, images, labels, passes.size,
+                                       use_amp, run_dir, epoch)
+                    break
+                except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+                    if not is_out_of_memory(exc):
+                        raise
+                    failed = _error_line(exc)
+                optimizer.zero_grad(set_to_none=True)  # outside the except clause: the failed pass can be freed
+                free_accelerator_memory(device)
+                passes.halve("training", failed)
+            total_loss += loss * len(labels)
             seen += len(labels)
-        val_prob = predict(model, val_set, device, settings.batch_size, settings.workers)
+        val_prob = predict(model, val_set, device, settings.batch_size, settings.workers, passes=passes)
         val_loss = _probability_loss(val_loss_fn, val_prob, val["label"].to_numpy(), device)
         val_study = study_metrics.aggregate_studies(val.assign(probability=val_prob))
         val_metrics = study_metrics.binary_metrics(val_study["label"], val_study["probability"], 0.5)
@@ -225,8 +293,8 @@ def train_run(run_dir: Path, fit, val, evaluation, settings: EvalSettings, seed:
     model.load_state_dict(state["best_model"])
     eval_set = make_dataset(cache, evaluation, False, settings.rotation_deg)
     eval_prob = predict(model, eval_set, device, settings.batch_size, settings.workers, progress,
-                        "scoring MURA valid")
-    val_prob = predict(model, val_set, device, settings.batch_size, settings.workers)
+                        "scoring MURA valid", passes=passes)
+    val_prob = predict(model, val_set, device, settings.batch_size, settings.workers, passes=passes)
     val_study = study_metrics.aggregate_studies(val.assign(probability=val_prob))
     thresholds = {"study": study_metrics.choose_threshold(val_study["label"], val_study["probability"]),
                   "image": study_metrics.choose_threshold(val["label"], val_prob)}

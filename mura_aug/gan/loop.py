@@ -40,7 +40,8 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from mura_aug.devices import autocast_dtype, resolve_device, reuse_freed_cpu_memory
+from mura_aug.devices import (accelerator_memory_text, free_accelerator_memory, grad_scaler, is_out_of_memory,
+                              precision, resolve_device, reuse_freed_cpu_memory)
 from mura_aug.errors import UserError, os_errors_as_user_errors
 from mura_aug.gan import estimates, rng, snapshot, staging, transfer
 from mura_aug.gan.configs import TrainConfig, make_config
@@ -558,11 +559,15 @@ class _Run:
             else:
                 self.phases.append(dict(name=name + "main", module=module, opt=opt, interval=1))
                 self.phases.append(dict(name=name + "reg", module=module, opt=opt, interval=int(reg_interval)))
-        self.amp_dtype = autocast_dtype(self.settings.amp, self.device)
-        self.scaler = None
-        if self.amp_dtype == torch.float16:  # fp16 needs loss scaling; torch.amp.GradScaler since torch 2.3
-            scaler_class = getattr(torch.amp, "GradScaler", None)
-            self.scaler = scaler_class("cuda") if scaler_class is not None else torch.cuda.amp.GradScaler()
+        # The precision of this call (devices.precision): autocast or not, NVIDIA's fp16 blocks or not, a grad
+        # scaler or not. The networks' weights and kwargs are the same for all three.
+        self.precision = precision(self.settings.amp, self.device)
+        self.amp_dtype = self.precision.autocast
+        from mura_aug.gan.networks import set_fp16_blocks
+
+        for module in (self.G, self.D):
+            set_fp16_blocks(module, self.precision.fp16_blocks)
+        self.scaler = grad_scaler(self.device) if self.precision.grad_scaler else None
         # The running statistics a phase updates chunk by chunk (see run_phase): G's w_avg in the D main pass
         # (update_emas), the loss' path-length mean in the G regularisation pass.
         w_avg = [(lambda b=b: b, lambda v, b=b: b.copy_(v)) for name, b in self.G.named_buffers()
@@ -609,12 +614,15 @@ class _Run:
             self.loss = self.compiled_loss()
 
     def compiled_loss(self):
+        """The loss of --compile: G's mapping and synthesis networks and D torch.compile'd for the main phases
+        (the loss calls G.mapping and G.synthesis, so compiling G itself would compile nothing it runs). The
+        regularisation phases stay eager: R1 and the path length differentiate twice, which torch.compile
+        does not support ("torch.compile with aot_autograd does not currently support double backward")."""
         from mura_aug.gan.loss import StyleGAN2Loss
 
-        loss = StyleGAN2Loss(G=torch.compile(self.G), D=torch.compile(self.D), augment_pipe=self.augment_pipe,
+        main = StyleGAN2Loss(G=_CompiledGenerator(self.G), D=torch.compile(self.D), augment_pipe=self.augment_pipe,
                              **self.config.loss_kwargs)
-        loss.load_state_dict(self.loss.state_dict())
-        return loss
+        return _CompiledMainPhases(main, self.loss)
 
     # --- 6. the run's log and metadata --------------------------------------------------------------
     def start_log(self, total_nimg: int) -> None:
@@ -644,7 +652,7 @@ class _Run:
                 "batch_size": self.batch_size, "batch_per_pass": self.batch_gpu,
                 "world_size": self.dist.world_size, "batch_per_rank": self.rank_batch,
                 "device_used": str(self.device),
-                "amp_used": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
+                "amp_used": self.precision.name,
                 "torch": torch.__version__})
             if not self.run_dir.reals.exists():
                 rows, cols = snapshot.grid_shape(int(self.G_kwargs["img_resolution"]))
@@ -757,15 +765,57 @@ class _Run:
         each chunk torch's global generators are seeded from (seed, iteration, phase, chunk number in the whole
         batch), and the running statistics the phase updates (w_avg, pl_mean) are reset to their value at the
         start of the phase; the phase ends with their mean over all chunks. Returns (sum of sign(D(real)),
-        count) of D main."""
+        count) of D main.
+
+        Out of GPU memory in a pass: the phase's gradients and running statistics are put back as they were at
+        its start, `batch_gpu` is halved (the chunks then accumulate to the same batch: the run's settings stay
+        as chosen), and the same phase of the same iteration runs again (`smaller_passes`)."""
         module, opt, device = phase["module"], phase["opt"], self.device
+        running = self.running.get(phase["name"], [])
+        starts = [get().detach().to(device).clone() for get, _ in running]
+        while True:
+            out_of_memory = None
+            try:
+                sign_sum, sign_count, sums, counts = self.phase_passes(phase, phase_index, real_img, real_c, gen_z,
+                                                                       gen_c, running, starts)
+                break
+            except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+                if not is_out_of_memory(exc):
+                    raise
+                out_of_memory = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            # Outside the except clause, so that the failed pass' tensors (held by the traceback) are freed.
+            opt.zero_grad(set_to_none=True)
+            module.requires_grad_(False)
+            for (_, put), start in zip(running, starts):
+                put(start)
+            free_accelerator_memory(device)
+            self.smaller_passes(phase["name"], out_of_memory)
+        for key, value in sums.items():  # this phase's numbers join the tick's only once it has succeeded
+            self.tick_sums[key] = self.tick_sums.get(key, 0.0) + value
+            self.tick_counts[key] = self.tick_counts.get(key, 0) + counts[key]
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            for param in module.parameters():
+                if param.grad is not None:
+                    torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
+            opt.step()
+        return sign_sum, sign_count
+
+    def phase_passes(self, phase: dict, phase_index: int, real_img, real_c, gen_z, gen_c, running, starts) -> tuple:
+        """The passes of one phase (run_phase): gradients summed over the chunks and ranks, the running
+        statistics set to their mean. Returns (sign sum, sign count, the phase's sums and counts of the
+        logged numbers)."""
+        module, opt = phase["module"], phase["opt"]
         sign_sum = sign_count = 0.0
+        sums: Dict[str, float] = {}
+        counts: Dict[str, int] = {}
         opt.zero_grad(set_to_none=True)
         for name, param in module.named_parameters():
             param.requires_grad_(name not in self.frozen if phase["name"].startswith("D") else True)
         trained = [param for param in module.parameters() if param.requires_grad]
-        running = self.running.get(phase["name"], [])
-        starts = [get().detach().to(device).clone() for get, _ in running]
         totals = [torch.zeros_like(start) for start in starts]
         chunks = list(zip(real_img.split(self.batch_gpu), real_c.split(self.batch_gpu), gen_z.split(self.batch_gpu),
                           gen_c.split(self.batch_gpu)))
@@ -779,8 +829,8 @@ class _Run:
                 put(start)
             rng.seed_chunk(self.settings.seed, self.progress.batch_idx, phase_index, first_chunk + chunk_index)
             gain = float(phase["interval"]) * len(img) / self.batch_size
-            mixed = torch.autocast(device_type=device.type, dtype=self.amp_dtype) if self.amp_dtype is not None \
-                else contextlib.nullcontext()
+            mixed = torch.autocast(device_type=self.device.type, dtype=self.amp_dtype) \
+                if self.amp_dtype is not None else contextlib.nullcontext()
             with mixed:
                 stats = self.loss.accumulate_gradients(phase=phase["name"], real_img=img, real_c=c, gen_z=z,
                                                        gen_c=gc, gain=gain, scaler=self.scaler)
@@ -794,8 +844,8 @@ class _Run:
             for key, value in stats.items():
                 value = float(value)
                 if math.isfinite(value):
-                    self.tick_sums[key] = self.tick_sums.get(key, 0.0) + value
-                    self.tick_counts[key] = self.tick_counts.get(key, 0) + 1
+                    sums[key] = sums.get(key, 0.0) + value
+                    counts[key] = counts.get(key, 0) + 1
                     if key == "D_real_sign" and phase["name"] in ("Dmain", "Dboth"):
                         count = float(stats["D_real_count"])
                         sign_sum += float(round(value * count))  # a sum of signs: an integer, whatever the rounding
@@ -806,16 +856,38 @@ class _Run:
         self.dist.sum_gradients(trained, totals)
         for (_, put), total in zip(running, totals):
             put(total / (self.batch_size // self.batch_gpu))
-        if self.scaler is not None:
-            self.scaler.unscale_(opt)
-            self.scaler.step(opt)
-            self.scaler.update()
-        else:
-            for param in module.parameters():
-                if param.grad is not None:
-                    torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
-            opt.step()
-        return sign_sum, sign_count
+        return sign_sum, sign_count, sums, counts
+
+    def smaller_passes(self, phase_name: str, error: str) -> None:
+        """After running out of memory: halve `batch_gpu` (to the largest size below half that divides this
+        rank's batch and tiles D's minibatch-std groups) and say so once; a UserError naming what would fit
+        when one image per pass did not, or when several processes train together (their passes must stay
+        the same size, so one rank cannot shrink alone)."""
+        resolution, cfg = int(self.G_kwargs["img_resolution"]), self.settings.cfg
+        where = accelerator_memory_text(self.device)
+        if self.dist.world_size > 1:
+            raise UserError(f"Process {self.dist.rank} of this {self.dist.world_size}-process run ran out of memory "
+                            f"in {phase_name} with {self.batch_gpu} images per pass ({error}) on {where}.",
+                            f"Start a new run with --batch-gpu {max(self.batch_gpu // 2, 1)} (the same training in "
+                            "smaller passes), or train on one GPU, where the pass size halves by itself.")
+        if self.batch_gpu == 1:
+            smaller = [f"--resolution {resolution // 2} (RESOLUTION = {resolution // 2})"] if resolution > 16 else []
+            if cfg != "tiny":
+                smaller.append("--cfg tiny")
+            if self.precision.name == "fp32" and self.device.type == "cuda":
+                smaller.append("--amp auto (half-precision activations take half the memory)")
+            raise UserError(f"Training {cfg} at {resolution} px does not fit into {where}, not even with one image "
+                            f"per pass ({phase_name}: {error}).",
+                            f"Start a new run with {' or '.join(smaller + ['a GPU with more memory'])}; close other "
+                            "notebooks that hold GPU memory (Runtime > Manage sessions in Colab).")
+        mbstd = self.D.b4.mbstd
+        group = int(mbstd.group_size) if mbstd is not None and mbstd.group_size else 1
+        old = self.batch_gpu
+        self.batch_gpu = max(size for size in range(1, old // 2 + 1)
+                             if self.rank_batch % size == 0 and size % min(group, size) == 0)
+        self.log(f"out of GPU memory in {phase_name} with {old} images per pass: continuing with {self.batch_gpu} "
+                 f"per pass from the same step (gradients accumulate to the same batch of {self.batch_size}; "
+                 f"this call only, a resumed run starts at {old} again)")
 
     # --- 8. the end of a tick -----------------------------------------------------------------------
     def end_tick(self, tick_seconds: float, total_nimg: int, stop_reason: Optional[str], complete: bool = True
@@ -935,6 +1007,42 @@ class _Run:
 # =====================================================================================================
 # Small helpers
 # =====================================================================================================
+
+class _CompiledGenerator:
+    """G as the loss sees it under --compile: `mapping` and `synthesis` compiled, every other attribute G's."""
+
+    def __init__(self, G):
+        self.G = G
+        self.mapping = torch.compile(G.mapping)
+        self.synthesis = torch.compile(G.synthesis)
+
+    def __getattr__(self, name):  # only for names not set above
+        return getattr(self.G, name)
+
+
+class _CompiledMainPhases:
+    """A loss that runs G main and D main with compiled networks (`main`) and every phase that differentiates
+    twice (the regularisers) with the eager loss, which also holds pl_mean and is what a state saves."""
+
+    MAIN = ("Gmain", "Dmain")
+
+    def __init__(self, main, eager):
+        self.main, self.eager = main, eager
+
+    def accumulate_gradients(self, phase, **kwargs):
+        return (self.main if phase in self.MAIN else self.eager).accumulate_gradients(phase=phase, **kwargs)
+
+    @property
+    def pl_mean(self):
+        return self.eager.pl_mean
+
+    @pl_mean.setter
+    def pl_mean(self, value):
+        self.eager.pl_mean = value
+
+    def __getattr__(self, name):  # pl_weight, state_dict, load_state_dict, ...
+        return getattr(self.eager, name)
+
 
 def _adam(params, kwargs: dict) -> torch.optim.Optimizer:
     """Adam with the config's arguments (a JSON round trip turns betas into a list of maybe-int numbers) and

@@ -604,3 +604,15 @@ class Discriminator(torch.nn.Module):
             x, img = getattr(self, f"b{res}")(x, img, **block_kwargs)
         cmap = self.mapping(None, c) if self.c_dim > 0 else None
         return self.b4(x, img, cmap)
+
+
+def set_fp16_blocks(network: torch.nn.Module, enabled: bool) -> int:
+    """Let the blocks of `network` built with use_fp16 (NVIDIA's top resolutions) run in float16 on CUDA, or
+    keep every block in float32 (`enabled=False`: amp off, or bfloat16 autocast, under which float16 blocks
+    would only add casts). The weights are the same either way; returns how many blocks were built fp16."""
+    count = 0
+    for module in network.modules():
+        if isinstance(module, (SynthesisBlock, DiscriminatorBlock)) and module.init_kwargs.get("use_fp16"):
+            module.use_fp16 = bool(enabled)
+            count += 1
+    return count

@@ -92,8 +92,10 @@ class RunSettings(StageSettings):
     metrics_fakes: int = setting(500, "fakes generated per such measurement", unit="images", notebook=False)
     device: Optional[str] = setting(None, "cpu, cuda or cuda:1; none = the GPU when there is one (under "
                                     "torchrun: cpu or cuda, each process takes cuda:LOCAL_RANK)")
-    amp: str = setting("auto", "mixed precision on CUDA: auto (bf16 on GPUs that have it natively, else fp16), "
-                       "bf16, fp16 or off", choices=AMP_MODES, notebook=False)
+    amp: str = setting("auto", "precision: fp16 (NVIDIA's: the top 4 resolutions' blocks in float16, clamped, with "
+                       "a grad scaler), bf16 (autocast over the whole step, also on a CPU), off (float32), or auto "
+                       "(CUDA: bf16 on GPUs that have it natively, Ampere or newer, else fp16; CPU: off)",
+                       choices=AMP_MODES, notebook=False)
     compile: bool = setting(False, "torch.compile the networks for the loss (CUDA, torch >= 2.1)", notebook=False)
     channels_last: bool = setting(False, "channels-last memory format for D's inputs (CUDA)", notebook=False)
     run: Optional[str] = setting(None, "run folder name under data/experiments; none = BODY-label-cfg-res",
