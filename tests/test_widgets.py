@@ -246,7 +246,12 @@ def test_each_widget_leaves_a_still_picture_that_the_live_widget_hides(explorer,
     classes = set()
     for box in boxes:
         first = box.image.value
-        page = widgets.still(box).data
+        shown, picture = widgets.display_bundles(box)
+        # the widget itself, whose text form (what a viewer without widgets prints) is one line, not its bytes
+        assert shown["application/vnd.jupyter.widget-view+json"]["model_id"] == box.model_id
+        assert box.title in shown["text/plain"] and len(shown["text/plain"]) < 100
+        page = picture["text/html"]
+        assert page == widgets.still(box).data
         # the picture is the widget's first image, at the size the widget shows it
         source = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
         assert base64.b64decode(source) == first

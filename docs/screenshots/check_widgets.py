@@ -10,6 +10,9 @@ sees:
   3. seconds from a slider move (a key press on the psi and interpolation sliders) to the new image;
   4. the notebook saved, its kernel shut down and the page opened again: the still pictures are shown where the
      widgets stood ("Error displaying widget: model not found" is JupyterLab's own text and stays above them).
+  5. notebook 05 executed by papermill (as `python -m mura_aug demo` does), opened in JupyterLab: a picture where
+     the explorer stood (the widget drawn from the state papermill saves, or else the still picture; JupyterLab
+     does not draw widgets of an untrusted notebook, and papermill's copy is untrusted).
 It writes docs/widgets_1366x768_explorer.png, docs/widgets_1366x768_quiz.png, docs/widgets_1366x768_reopened.png
 and docs/screenshots/check_widgets.md (the figures, the checks and the command), and exits with status 1 when a
 check fails.
@@ -49,6 +52,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"]
 SLIDER_MOVES = 8  # key presses timed per slider
+PAPERMILL_COPY = "05_executed_by_papermill.ipynb"
 RUN_TIMEOUT_S = 900  # notebook 05 on the demo workspace: about a minute on an idle 2-core CPU
 
 sys.path.insert(0, str(REPO))  # this checkout's mura_aug, whatever else is installed
@@ -75,15 +79,15 @@ window.mc = {
     nb.activeCellIndex = i; await nb.scrollToCell(nb.widgets[i], 'start'); return i;
   },
   explorer() {  // the HBox holding the explorer's image (the one with an 'interpolate' slider)
-    return [...document.querySelectorAll('.widget-hbox')].find(b =>
+    return [...this.panel().node.querySelectorAll('.widget-hbox')].find(b =>
       b.querySelector(':scope > img.mura-aug-pixelated') && b.textContent.includes('interpolate'));
   },
   quiz() {
-    return [...document.querySelectorAll('.widget-hbox')].find(b =>
+    return [...this.panel().node.querySelectorAll('.widget-hbox')].find(b =>
       b.querySelector(':scope > img.mura-aug-pixelated') && [...b.querySelectorAll('button')].some(
         x => x.textContent.trim() === 'Real'));
   },
-  stills() { return [...document.querySelectorAll('div[class^="mura-aug-still-"]')]; },
+  stills() { return [...this.panel().node.querySelectorAll('div[class^="mura-aug-still-"]')]; },
 };
 """
 
@@ -170,9 +174,12 @@ def inside(rect, area, slack=1.0) -> bool:
 
 
 def open_notebook(page, url):
+    """Open the notebook of `url` and wait until it is the current tab, its cells loaded, its kernel known."""
     page.goto(url)
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
-                           "&& window.jupyterapp.shell.currentWidget.content", timeout=120_000)
+    name = url.split("?")[0].rsplit("/", 1)[1]
+    page.wait_for_function("""(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+        return w && w.context && w.context.path === name && w.context.isReady && w.content.widgets.length > 0; }""",
+                           arg=name, timeout=120_000)
     page.evaluate(JS_HELPERS)
     page.wait_for_function("() => window.mc.panel().sessionContext.session?.kernel", timeout=120_000)
 
@@ -198,6 +205,10 @@ def main() -> int:
 
     (temp / "nb").mkdir()
     notebook = prepare_notebook(workspace, temp / "nb")
+    from mura_aug.notebooks.nbtools import execute_notebook
+
+    print("running notebook 05 with papermill ...", flush=True)
+    execute_notebook(notebook, temp / "nb" / PAPERMILL_COPY, cwd=temp / "nb", timeout_s=RUN_TIMEOUT_S)
     port, token = free_port(), secrets.token_hex(16)
     server = start_jupyterlab(temp / "nb", temp, port, token)
     url = f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?token={token}"
@@ -350,6 +361,25 @@ def run_checks(page, browser, url, port, token, check, figures) -> dict:
           f"{reopened['shown']} of {reopened['stills']} stills shown; JupyterLab's 'Error displaying widget: "
           f"model not found' above them: {reopened['error']}")
     page.screenshot(path=str(DOCS / "widgets_1366x768_reopened.png"))
+
+    # 5. the copy papermill executed, opened in JupyterLab
+    page.close()
+    page = browser.new_page()
+    open_notebook(page, url.replace(f"/{Path(url.split('?')[0]).name}?", f"/{PAPERMILL_COPY}?"))
+    page.evaluate("async () => { await window.mc.scrollToCell('explorer_widget'); }")
+    page.wait_for_timeout(5000)  # the widget manager restores saved models, or gives up on them
+    executed = page.evaluate("""() => { const area = window.mc.visibleArea(), box = window.mc.explorer();
+        const still = window.mc.stills()[0];
+        const stillShown = !!still && getComputedStyle(still).display !== 'none';
+        const img = box ? box.querySelector(':scope > img') : (stillShown ? still.querySelector('img') : null);
+        return {widget: !!box, still: stillShown, area, img: img ? window.mc.rect(img) : null,
+                natural: img ? img.naturalWidth : 0}; }""")
+    check("papermill's executed copy shows a picture where the explorer stood",
+          executed["img"] and executed["natural"] == 256 and inside(executed["img"], executed["area"]),
+          "the widget, drawn from the state papermill saved" if executed["widget"] else
+          ("the still picture" if executed["still"] else "neither")
+          + f"; image {executed['natural']} px wide at {executed['img']}")
+    page.screenshot(path=str(Path(tempfile.gettempdir()) / "check_widgets_papermill.png"))
     return {"chromium": browser.browser.version if browser.browser else "?"}
 
 

@@ -101,16 +101,28 @@ def _plain(widget) -> str:
 
 # --- a still picture for notebooks opened without a kernel ---------------------------------------------------
 # A saved notebook keeps a widget only as a reference to a model in the kernel, so a notebook reopened later
-# shows "Error displaying widget: model not found" in its place (JupyterLab, Colab and VS Code alike; saving
-# widget state instead needs a JupyterLab setting that is off by default and does nothing in Colab, and shows
-# dead controls). So `show` puts a plain HTML picture of the widget's first state after it, which every
-# notebook viewer renders, and the live widget carries a style that hides that picture while it runs.
+# shows "Error displaying widget: model not found" in its place in JupyterLab (and a line of text in viewers
+# without widgets). Saving widget state instead needs a JupyterLab setting that is off by default, Colab does
+# not keep it, and it shows controls that do nothing. So `show` puts a plain HTML picture of the widget's first
+# state after it, which every notebook viewer renders, and the live widget carries a style that hides that
+# picture while it runs.
 
 def show(box) -> None:
     """Display a widget of this module followed by its still picture (hidden while the widget is live)."""
     from IPython.display import display
 
-    display(box, still(box))
+    for bundle in display_bundles(box):
+        display(bundle, raw=True)
+
+
+def display_bundles(box) -> List[dict]:
+    """What `show` displays: the widget (its text form says what it is instead of a repr of its bytes), then
+    the still picture."""
+    note = f"{box.title} (a live widget; a picture of it follows)"
+    # the reference to the widget's model, as ipywidgets 7 and 8 display it (widget-view format 2.0)
+    view = {"version_major": 2, "version_minor": 0, "model_id": box.model_id}
+    return [{"application/vnd.jupyter.widget-view+json": view, "text/plain": note},
+            {"text/html": still_html(box), "text/plain": f"(a picture of the {box.title.lower()})"}]
 
 
 def still(box):
@@ -125,12 +137,12 @@ def still_html(box) -> str:
 
     width, height = (int(str(getattr(box.image.layout, side)).rstrip("px")) for side in ("width", "height"))
     source = base64.b64encode(box.image.value).decode("ascii")
-    lines = "".join(f"<div>{html.escape(line)}</div>" for line in box.still_lines() if line)
+    lines = "".join(f"<div>{html.escape(line)}</div>" for line in [box.title, *box.still_lines()] if line)
     return (f'<div class="{box.still_class}" style="display:flex;gap:12px;align-items:flex-start">'
             f'<img src="data:image/png;base64,{source}" width="{width}" height="{height}" '
-            f'style="image-rendering:pixelated" alt="{html.escape(box.still_alt)}">'
-            f'<div style="max-width:{CONTROLS_PX}px">{lines}<div><i>A picture of the widget as the notebook '
-            f'last ran it: run the notebook to play with it.</i></div></div></div>')
+            f'style="image-rendering:pixelated" alt="{html.escape(box.title)}">'
+            f'<div style="max-width:{CONTROLS_PX}px">{lines}<div><i>A picture of the widget as it first '
+            f'appeared when the notebook last ran: run the notebook to play with it.</i></div></div></div>')
 
 
 def _style(box) -> None:
@@ -248,8 +260,8 @@ def explorer_widget(explorer: GeneratorExplorer, display_px: int = DISPLAY_PX):
     box.t = w.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description="interpolate", **look)
     box.image = _image_widget(display_size((side, side), display_px))
     box.status = _text()
-    box.still_alt = "generator explorer"
-    box.still_lines = lambda: ["Generator explorer", _plain(box.status)]
+    box.title = "Generator explorer"
+    box.still_lines = lambda: [_plain(box.status)]
     _style(box)
 
     def update(_change=None):
@@ -315,7 +327,7 @@ def snapshot_browser_widget(browser: SnapshotBrowser, display_px: int = GRID_DIS
     # the image keeps the newest grid's shape; an older grid of another shape is fitted inside it
     box.image = _image_widget(display_size(browser.size(newest), display_px))
     box.caption = _text(max(display_px, CONTROLS_PX))
-    box.still_alt = "training progress"
+    box.title = "Training progress"
     box.still_lines = lambda: [_plain(box.caption)]
     _style(box)
 
@@ -404,8 +416,8 @@ def quiz_widget(quiz: RealFakeQuiz, display_px: int = DISPLAY_PX):
     box.fake_button = w.Button(description="Fake", button_style="warning")
     box.feedback = _text()
     box.score = _text()
-    box.still_alt = "real or fake?"
-    box.still_lines = lambda: ["Real or fake?", _plain(box.question), _plain(box.score)]
+    box.title = "Real or fake?"
+    box.still_lines = lambda: [_plain(box.question), _plain(box.score)]
     _style(box)
 
     def show_current():
