@@ -191,6 +191,14 @@ def test_explorer_lays_image_and_controls_side_by_side_within_a_laptop_screen(ex
     assert len(controls) * 32 <= _px(image.layout.height)
     assert _px(image.layout.width) + widgets.CONTROLS_PX + 12 <= 900
     assert PIXELATED in image._dom_classes
+    # sliders redraw while dragged (a fast generator) or only when let go (a slow one); by default the first
+    # image's time decides, which a test cannot pin down on a shared machine
+    smooth = widgets.explorer_widget(explorer, continuous=True)
+    assert all(s.continuous_update for s in (smooth.psi, smooth.crossover, smooth.t))
+    slow = widgets.explorer_widget(explorer, continuous=False)
+    assert not any(s.continuous_update for s in (slow.psi, slow.crossover, slow.t))
+    slow.psi.value = 0.5
+    assert "psi 0.50" in slow.status.value
 
 
 PIXELATED = widgets.PIXELATED_CLASS

@@ -32,6 +32,10 @@ PathLike = Union[str, os.PathLike]
 DISPLAY_PX = 256
 GRID_DISPLAY_PX = 512  # px, the longer side of a training grid in the snapshot browser
 CONTROLS_PX = 330  # px, width of the column of controls (and text) beside the image
+# seconds per image under which the explorer's sliders redraw while dragged: a drag sends the kernel a value per
+# mouse position and each one is drawn in turn, so with a slower generator (a 256 px network on a laptop CPU,
+# about 0.25 s) the image would trail the mouse by seconds; it then redraws when the slider is let go
+SMOOTH_RENDER_S = 0.15
 # CSS class of widget images: the browser keeps pixels square (no smoothing) where it scales them itself
 # (a zoomed page, a high-density screen); the PNG is already at the size it is shown.
 PIXELATED_CLASS = "mura-aug-pixelated"
@@ -239,9 +243,14 @@ class GeneratorExplorer:
         return sampling.to_uint8(image)[0].transpose(1, 2, 0)
 
 
-def explorer_widget(explorer: GeneratorExplorer, display_px: int = DISPLAY_PX):
+def explorer_widget(explorer: GeneratorExplorer, display_px: int = DISPLAY_PX, continuous: Optional[bool] = None):
     """The image beside its controls (seed, psi, class; style mixing: second seed and crossover layer;
-    interpolation) with a line saying what it shows, all within 256 px of height: one laptop screen."""
+    interpolation) with a line saying what it shows, all within 256 px of height: one laptop screen.
+
+    `continuous`: sliders redraw while dragged (True) or on release (False); None decides by how long the
+    first image took (SMOOTH_RENDER_S), so a slow generator does not queue one image per mouse position."""
+    import time
+
     import ipywidgets as w
 
     first = explorer.classes[0]
@@ -281,7 +290,12 @@ def explorer_widget(explorer: GeneratorExplorer, display_px: int = DISPLAY_PX):
     for control in controls:
         control.observe(update, names="value")
     box.children = [box.image, w.VBox([*controls, box.status], layout=_beside()), box.style_html]
+    started = time.perf_counter()
     update()
+    if continuous is None:
+        continuous = time.perf_counter() - started < SMOOTH_RENDER_S
+    for slider in (box.psi, box.crossover, box.t):
+        slider.continuous_update = continuous
     return box
 
 
