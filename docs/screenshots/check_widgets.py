@@ -263,7 +263,8 @@ def run_checks(page, browser, url, port, token, check, figures) -> dict:
         const img = box.querySelector(':scope > img'), column = img.nextElementSibling;
         const parts = {image: img};
         [...column.children].forEach((c, i) => { parts[i + ': ' + c.textContent.trim().slice(0, 12)] = c; });
-        const out = {area, natural: [img.naturalWidth, img.naturalHeight], parts: {}};
+        const out = {area, natural: [img.naturalWidth, img.naturalHeight], parts: {},
+                     rendering: getComputedStyle(img).imageRendering};
         for (const [k, el] of Object.entries(parts)) out.parts[k] = window.mc.rect(el);
         out.still = window.mc.stills().map(s => getComputedStyle(s).display);
         return out; }""")
@@ -276,9 +277,10 @@ def run_checks(page, browser, url, port, token, check, figures) -> dict:
     image = layout["parts"]["image"]
     figures["explorer: height of image, controls and status (px)"] = round(
         max(r["bottom"] for r in layout["parts"].values()) - min(r["top"] for r in layout["parts"].values()))
-    check("explorer: image shown at 256 x 256 px, pixel for pixel",
+    check("explorer: image shown at 256 x 256 px, pixel for pixel, image-rendering pixelated",
           (round(image["width"]), round(image["height"])) == (256, 256)
-          and layout["natural"] == [256, 256], f"{image['width']:.0f} x {image['height']:.0f} px")
+          and layout["natural"] == [256, 256] and layout["rendering"] == "pixelated",
+          f"{image['width']:.0f} x {image['height']:.0f} px, image-rendering {layout['rendering']}")
     check("still pictures hidden while the widgets are live",
           layout["still"] and set(layout["still"]) == {"none"}, f"{len(layout['still'])} stills")
     page.screenshot(path=str(DOCS / "widgets_1366x768_explorer.png"))
