@@ -72,6 +72,10 @@ def test_papermill_runs_notebook_05(prepared_workspace, copy_workspace, tmp_path
     images = sum(1 for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
                  if "image/png" in o.get("data", {}))
     assert images >= 3  # two before/after figures and the real-vs-fake figure
+    # the widgets leave a still picture each (explorer, both runs' grids, quiz) for the notebook opened later
+    stills = [o["data"]["text/html"] for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if 'class="mura-aug-still-' in o.get("data", {}).get("text/html", "")]
+    assert len(stills) == 4 and all("data:image/png;base64," in html for html in stills)
     summary = json.loads(workspace.synth_summary("XR_SHOULDER").read_text())
     assert summary["classes"]["positive"]["requested"] == 5
     assert summary["filters"]["finished"] and manifest.filters_finished(workspace, "XR_SHOULDER")
