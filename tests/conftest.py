@@ -20,10 +20,12 @@ TEST_RESOLUTION = 32  # px, GAN datasets in tests
 
 @pytest.fixture(scope="session")
 def demo_mura(tmp_path_factory) -> Path:
-    """A read-only MURA-v1.1-shaped folder of generated radiographs (XR_SHOULDER)."""
-    from mura_aug.prepare.demo_data import make_demo_mura
+    """A read-only MURA-v1.1-shaped folder of generated radiographs (XR_SHOULDER), its abnormal sign at full
+    strength: stage 06's tests need a sign a tiny classifier learns in a few epochs."""
+    from mura_aug.prepare.demo_data import EASY_SUBTLETY, make_demo_mura
 
-    root = make_demo_mura(tmp_path_factory.mktemp("demo_mura"), patients=DEMO_PATIENTS, seed=0)
+    root = make_demo_mura(tmp_path_factory.mktemp("demo_mura"), patients=DEMO_PATIENTS, seed=0,
+                          subtlety=EASY_SUBTLETY)
     return Path(root)
 
 
