@@ -55,6 +55,32 @@ def copy_workspace(tmp_path):
     return _copy
 
 
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """No test reaches the internet (NVIDIA's FID network, ImageNet weights): looking up or connecting to any
+    host but this machine fails as it does offline. This machine stays reachable (kernels, DDP's store)."""
+    import socket
+
+    local = {None, "", "localhost", "0.0.0.0", "::1", socket.gethostname()}
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def is_local(host) -> bool:
+        return host in local or str(host).startswith("127.")
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not is_local(host):
+            raise socket.gaierror(socket.EAI_NONAME, f"no network in the tests (looked up {host})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(self, address):
+        if isinstance(address, tuple) and not is_local(address[0]):
+            raise OSError(f"no network in the tests (connected to {address[0]})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
 # --- stage 06 ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

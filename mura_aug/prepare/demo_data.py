@@ -11,11 +11,11 @@ studies carry metal hardware: a plate with screws across the shaft, half of them
 gap.
 
 How hard the tree is to classify is two settings (`difficulty_of` checks them):
-- `subtlety` (0-1): how faint the abnormal sign is. 0 (`EASY_SUBTLETY`) draws the sign at full strength,
-  a saturated plate about a tenth of the film wide and two fifths long that stays visible after downscaling
-  to 32 px (tests that need a learnable sign use it). Above 0 every positive image gets its own sign
-  strength `1 - subtlety * U(0.5, 1.5)` (clipped to 0-1): dimmer, smaller hardware and a narrower,
-  less displaced fracture, some positive views showing next to nothing, as real abnormal studies often do.
+- `subtlety` (0-1): the share of positive images whose sign is faint. A full-strength sign is a saturated
+  plate about a tenth of the film wide and two fifths long that stays visible after downscaling to 32 px;
+  a faint one (strength FAINT_SIGN_STRENGTH of that) is a dim plate half the size and a hairline, hardly
+  displaced fracture, or next to nothing, as in real abnormal views that do not show the finding. 0
+  (`EASY_SUBTLETY`) draws every sign at full strength: tests that need a learnable sign use it.
 - `positive_share` (0-1): the share of studies that are abnormal.
 The defaults (`DEFAULT_SUBTLETY`, `DEFAULT_POSITIVE_SHARE`) are chosen so that the demo's baseline
 classifier lands at a study kappa between 0.5 and 0.85 on its valid split (bench/results/difficulty.md):
@@ -47,10 +47,11 @@ MARKER_FILE = ".mura_aug_demo.json"  # written at the tree's root so a rerun wit
 VALID_FRACTION = 0.2  # share of each body part's patients that go to the valid split
 DEFAULT_POSITIVE_SHARE = 0.5  # share of studies that are abnormal (MURA's shoulders: about half)
 EASY_SUBTLETY = 0.0  # the abnormal sign at full strength: any small classifier learns it
-# How faint the abnormal sign is by default, 0 (full strength) to 1 (often invisible): the demo baseline's
-# study kappa sits inside 0.5-0.85 with it (bench/bench_difficulty.py, bench/results/difficulty.md).
+# Share of positive images whose sign is faint by default, 0 (none) to 1 (all): the demo baseline's study
+# kappa sits inside 0.5-0.85 with it (bench/bench_difficulty.py, bench/results/difficulty.md).
 DEFAULT_SUBTLETY = 0.6
-SIGN_STRENGTH_SPREAD = (0.5, 1.5)  # per positive image, strength = 1 - subtlety * U(these): varied visibility
+# Strength of a faint sign (1 = the saturated plate, 0 = nothing): a dim, small plate, a hairline fracture.
+FAINT_SIGN_STRENGTH = (0.0, 0.3)
 RGB_FRACTION = 0.1  # share of images saved as 3-channel PNG (the real MURA has some)
 MIN_SIDE_PX, MAX_SIDE_PX = 256, 512  # image height / width range in pixels
 
@@ -118,14 +119,16 @@ def _ensure_both_classes(images: List[DemoImage]) -> List[DemoImage]:
 # --- drawing --------------------------------------------------------------------------------------
 
 def sign_strength(seed: int, subtlety: float) -> float:
-    """How strongly one positive image shows its abnormal sign, 0 (not at all) to 1 (full strength).
+    """How strongly one positive image shows its abnormal sign, 0 (not at all) to 1 (full strength): with
+    chance `subtlety` the sign is faint (FAINT_SIGN_STRENGTH), else full.
 
     Drawn from a stream of its own (not the anatomy's), so the anatomy of an image is the same at every
     subtlety and subtlety 0 draws exactly the easy tree."""
     if subtlety <= 0:
         return 1.0
-    spread = np.random.default_rng([seed, 1]).uniform(*SIGN_STRENGTH_SPREAD)
-    return float(np.clip(1.0 - subtlety * spread, 0.0, 1.0))
+    rng = np.random.default_rng([seed, 1])
+    faint, strength = rng.random() < subtlety, rng.uniform(*FAINT_SIGN_STRENGTH)
+    return float(strength) if faint else 1.0
 
 
 def draw_radiograph(seed: int, positive: bool, subtlety: float = DEFAULT_SUBTLETY) -> Image.Image:
