@@ -20,10 +20,12 @@ TEST_RESOLUTION = 32  # px, GAN datasets in tests
 
 @pytest.fixture(scope="session")
 def demo_mura(tmp_path_factory) -> Path:
-    """A read-only MURA-v1.1-shaped folder of generated radiographs (XR_SHOULDER)."""
-    from mura_aug.prepare.demo_data import make_demo_mura
+    """A read-only MURA-v1.1-shaped folder of generated radiographs (XR_SHOULDER), its abnormal sign at full
+    strength: stage 06's tests need a sign a tiny classifier learns in a few epochs."""
+    from mura_aug.prepare.demo_data import EASY_SUBTLETY, make_demo_mura
 
-    root = make_demo_mura(tmp_path_factory.mktemp("demo_mura"), patients=DEMO_PATIENTS, seed=0)
+    root = make_demo_mura(tmp_path_factory.mktemp("demo_mura"), patients=DEMO_PATIENTS, seed=0,
+                          subtlety=EASY_SUBTLETY)
     return Path(root)
 
 
@@ -51,6 +53,32 @@ def copy_workspace(tmp_path):
         return Workspace(target)
 
     return _copy
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """No test reaches the internet (NVIDIA's FID network, ImageNet weights): looking up or connecting to any
+    host but this machine fails as it does offline. This machine stays reachable (kernels, DDP's store)."""
+    import socket
+
+    local = {None, "", "localhost", "0.0.0.0", "::1", socket.gethostname()}
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def is_local(host) -> bool:
+        return host in local or str(host).startswith("127.")
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not is_local(host):
+            raise socket.gaierror(socket.EAI_NONAME, f"no network in the tests (looked up {host})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(self, address):
+        if isinstance(address, tuple) and not is_local(address[0]):
+            raise OSError(f"no network in the tests (connected to {address[0]})")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 # --- stage 06 ------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ from mura_aug.gan import loop
 from mura_aug.gan.settings import RunSettings
 
 TICK_KIMG = 0.008  # 2 iterations of 4 images per tick: fast on a 2-core CPU
-FAST = dict(cfg="tiny", resolution=16, kimg_per_tick=TICK_KIMG, snap=1, batch=4, device="cpu", progress=False)
+# metrics_extractor offline: the tests measure with the network that needs no download
+FAST = dict(cfg="tiny", resolution=16, kimg_per_tick=TICK_KIMG, snap=1, batch=4, device="cpu", progress=False,
+            metrics_extractor="offline")
 
 
 def tiny_settings(label: str = "positive", **changes) -> RunSettings:

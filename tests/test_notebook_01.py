@@ -14,7 +14,7 @@ from mura_aug.workspace import Workspace
 
 NOTEBOOK = nbtools.NOTEBOOKS_DIR / "01_prepare.ipynb"
 PARAMETER_NAMES = ("WORKSPACE", "MURA_PATH", "BODY_PART", "RESOLUTION", "FIT", "CROP_BORDERS", "CONTRAST",
-                   "WORKERS", "DEMO_PATIENTS")
+                   "WORKERS", "DEMO_PATIENTS", "DEMO_SUBTLETY", "DEMO_POSITIVE_SHARE")
 
 
 def test_notebook_is_stored_clean_with_the_contract_parameters():

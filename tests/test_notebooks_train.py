@@ -15,7 +15,7 @@ from mura_aug.workspace import Workspace
 
 NOTEBOOKS = ("02_train_positive", "03_train_negative", "04_resume")
 TINY = dict(BODY_PART="XR_SHOULDER", CFG="tiny", RESOLUTION=16, KIMG=0.008, KIMG_PER_TICK=0.008, SNAP=1, BATCH=4,
-            MAX_MINUTES=None, DEVICE="cpu")
+            MAX_MINUTES=None, DEVICE="cpu", METRICS_EXTRACTOR="offline")  # offline: tests never download
 
 
 def make_dataset(workspace: Workspace, cls: str, res: int = 16, count: int = 8) -> None:
@@ -72,6 +72,15 @@ def test_train_notebooks_and_resume_notebook_run_with_papermill(tmp_path):
 
     # the positive run measured FID / KID / diversity, so its notebook shows one figure more: the metrics plot
     assert figures("02_train_positive") == figures("03_train_negative") + 1 >= 2
+
+    def printed(name):
+        executed = nbformat.read(str(tmp_path / f"{name}.ipynb"), as_version=4)
+        return "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+    # both end with the fakes' FID, named as what it is
+    for name, label in (("02_train_positive", "positive"), ("03_train_negative", "negative")):
+        assert f"XR_SHOULDER-{label}-tiny-16 at 0.008 kimg, {label}: offline FID (not comparable with published " \
+               "FIDs) = " in printed(name)
 
     # Run again after a disconnect, with TRANSFER still set: RESUME = "latest" wins, the run continues.
     positive_run = workspace.experiments / "XR_SHOULDER-positive-tiny-16"

@@ -29,12 +29,14 @@ def run_train(args: argparse.Namespace) -> int:
     from mura_aug.gan import loop, measure
     from mura_aug.gan.distributed import process_group_of_torchrun
     from mura_aug.gan.settings import RunSettings
+    from mura_aug.workspace import resolve_workspace
 
     settings = RunSettings.from_args(args)
     # What the run will have (a resume keeps the run's own settings): its device, and its metrics callback.
     resolved = loop.resolved_settings(args.workspace, settings)
+    on_snapshot = measure.snapshot_metrics(resolved, workspace=resolve_workspace(args.workspace))
     with process_group_of_torchrun(resolved.device) as rank:
-        run_dir = loop.train(args.workspace, settings, on_snapshot=measure.snapshot_metrics(resolved))
+        run_dir = loop.train(args.workspace, settings, on_snapshot=on_snapshot)
     if rank == 0:
         print(f"run folder: {run_dir}")
     return 0

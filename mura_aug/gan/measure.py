@@ -20,9 +20,9 @@ from mura_aug.errors import UserError
 from mura_aug.gan import sampling
 from mura_aug.gan.dataset import load_real_images
 from mura_aug.gan.settings import RunSettings
-from mura_aug.metrics import (COLLAPSE_FRACTION, EXTRACTOR_NAMES, MEMORISATION_RATIO, PR_NEIGHBOURS,
-                              MemorisationReport, OfflineExtractor, compute_metrics, get_extractor,
-                              pixel_descriptors)
+from mura_aug.metrics import (COLLAPSE_FRACTION, DEFAULT_EXTRACTOR, EXTRACTOR_NAMES, MEMORISATION_RATIO,
+                              PR_NEIGHBOURS, MemorisationReport, OfflineExtractor, compute_metrics, get_extractor,
+                              metric_label, pixel_descriptors)
 from mura_aug.metrics.features import Extractor, _as_uint8_nchw
 from mura_aug.workspace import (CLASSES, RunFolder, atomic_path, atomic_write_csv, atomic_write_json, parse_run_name,
                                 resolve_workspace)
@@ -97,21 +97,31 @@ def training_metrics(G, real_images_uint8, num_fakes: int = DEFAULT_TRAINING_NUM
     return {key: float(value) for key, value in metrics.items()}
 
 
-def snapshot_metrics(settings: RunSettings, log: Callable[[str], None] = print):
+def snapshot_metrics(settings: RunSettings, log: Callable[[str], None] = print, workspace=None):
     """The training loop's `on_snapshot(G_ema, images, labels, device) -> dict` for these settings: the
     `training_metrics` of G_ema with `settings.metrics_fakes` fakes (a conditional G makes them in the mix of
-    the real labels); None when `settings.metrics_every` is 0. A measurement that cannot run (a UserError,
+    the real labels), features from `settings.metrics_extractor` (standard: NVIDIA's FID network, cached in
+    the workspace's weights/ folder, else the offline network with a warning), plus `fid_label`, how the FID
+    is to be named; None when `settings.metrics_every` is 0. A measurement that cannot run (a UserError,
     e.g. too few images) is skipped with a line in the log instead of stopping the training."""
     if settings.metrics_every <= 0:
         return None
+    extractors: Dict[str, Extractor] = {}  # built at the first measurement, then kept (one download, one load)
 
-    def on_snapshot(G_ema, images, labels, device) -> Dict[str, float]:
+    def on_snapshot(G_ema, images, labels, device) -> Dict[str, object]:
         try:
-            return training_metrics(G_ema, images, num_fakes=settings.metrics_fakes, device=device,
-                                    real_labels=labels if G_ema.c_dim > 0 else None)
+            if "net" not in extractors:
+                extractors["net"] = get_extractor(settings.metrics_extractor, workspace=workspace, device=device)
+            extractor = extractors["net"]
+            metrics: Dict[str, object] = dict(training_metrics(
+                G_ema, images, num_fakes=settings.metrics_fakes, device=device, extractor=extractor,
+                real_labels=labels if G_ema.c_dim > 0 else None))
         except UserError as exc:
             log(f"metrics skipped: {exc.problem}")
             return {}
+        metrics["fid_label"] = metric_label(f"fid_{extractor.name}",
+                                            getattr(extractor, "comparable_with_published", True))
+        return metrics
 
     return on_snapshot
 
@@ -130,8 +140,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-fakes", type=int, default=DEFAULT_NUM_FAKES, help="images to generate (count)")
     parser.add_argument("--max-reals", type=int, default=DEFAULT_MAX_REALS,
                         help="real images used at most (count; a random subset beyond)")
-    parser.add_argument("--extractor", choices=EXTRACTOR_NAMES, default="offline",
-                        help="feature network: offline (no download) or inception (FID's network)")
+    parser.add_argument("--extractor", choices=EXTRACTOR_NAMES, default=DEFAULT_EXTRACTOR,
+                        help="feature network: standard (NVIDIA's FID network, downloaded once into the "
+                        "workspace's weights/ folder; without it the offline one, with a warning), inception "
+                        "(NVIDIA's, else torchvision's Inception-v3) or offline (no download; offline FID, not "
+                        "comparable with published FIDs)")
     parser.add_argument("--inception-file", default=None,
                         help="NVIDIA's TorchScript inception-2015-12-05.pt, for FIDs comparable with papers")
     parser.add_argument("--class", dest="classes", choices=CLASSES, action="append", default=None,
@@ -167,7 +180,7 @@ def find_snapshot(run_dir: Path, snapshot: Optional[PathLike]) -> Path:
 
 
 def measure_snapshot(workspace, run: str, snapshot: Optional[PathLike] = None, num_fakes: int = DEFAULT_NUM_FAKES,
-                     extractor: str = "offline", inception_file: Optional[PathLike] = None,
+                     extractor: str = DEFAULT_EXTRACTOR, inception_file: Optional[PathLike] = None,
                      classes: Optional[Sequence[str]] = None, max_reals: int = DEFAULT_MAX_REALS, seed: int = 0,
                      truncation_psi: float = 1.0, memorisation_threshold: Optional[float] = None,
                      collapse_fraction: float = COLLAPSE_FRACTION, device="auto", batch_size: int = 32,
@@ -202,27 +215,32 @@ def measure_snapshot(workspace, run: str, snapshot: Optional[PathLike] = None, n
     settings = {"extractor": extractor, "num_fakes": num_fakes, "max_reals": max_reals, "seed": seed,
                 "truncation_psi": truncation_psi, "inception_file": str(inception_file) if inception_file else None,
                 "memorisation_threshold": memorisation_threshold, "collapse_fraction": collapse_fraction}
+    device = resolve_device(device)
+    # Chosen before looking for an earlier result: 'standard' measured offline last time and with NVIDIA's
+    # network now (downloaded since) is a different measurement.
+    feature_net = get_extractor(extractor, workspace=workspace, device=device, inception_file=inception_file,
+                                progress=progress)
     if out_path.is_file() and not force:
         try:
             previous = json.loads(out_path.read_text())
         except (OSError, ValueError):
             previous = {}
-        if previous.get("settings") == settings and set(classes) <= set(previous.get("metrics", {})):
+        if previous.get("settings") == settings and previous.get("extractor_name") == feature_net.name and \
+                set(classes) <= set(previous.get("metrics", {})):
             previous.update(reused=True, path=str(out_path))
             return previous
 
     from mura_aug.gan.network_file import load_generator
 
-    device = resolve_device(device)
     G = load_generator(snapshot_path, device=device)
     meta = getattr(G, "snapshot_meta", {}) or {}
     resolution = int(getattr(G, "img_resolution", run_info["resolution"]))
-    feature_net = get_extractor(extractor, workspace=workspace, device=device, inception_file=inception_file,
-                                progress=progress)
+    comparable = bool(getattr(feature_net, "comparable_with_published", False))
     result = {"run": run, "snapshot": snapshot_path.name, "kimg": meta.get("kimg"), "resolution": resolution,
-              "settings": settings, "extractor_source": getattr(feature_net, "source", "offline random conv net"),
-              "comparable_with_published_fid": bool(getattr(feature_net, "comparable_with_published", False)),
-              "metrics": {}}
+              "settings": settings, "extractor_name": feature_net.name,
+              "extractor_source": getattr(feature_net, "source", "offline random conv net"),
+              "comparable_with_published_fid": comparable,
+              "fid_label": metric_label(f"fid_{feature_net.name}", comparable), "metrics": {}}
     for cls in classes:
         reals, real_names = load_real_images(workspace, str(run_info["body_part"]), cls, resolution,
                                              max_images=max_reals, seed=seed, progress=progress)
@@ -259,28 +277,69 @@ def _write_memorisation_outputs(out_path: Path, cls: str, report: MemorisationRe
     plt.close(figure)
 
 
+def result_extractor(result: Dict[str, object]) -> str:
+    """The features a measure_snapshot result was computed with ('offline', 'inception'), also for results
+    written before the extractor choice was resolved (their settings named it)."""
+    return str(result.get("extractor_name") or result["settings"]["extractor"])
+
+
 def format_summary(result: Dict[str, object]) -> str:
-    """A few human-readable lines for one measure_snapshot result."""
+    """A few human-readable lines for one measure_snapshot result; every number named by `metric_label`."""
     settings = result["settings"]
+    name = result_extractor(result)
+    comparable = bool(result.get("comparable_with_published_fid", name != "offline"))
+
+    def label(key: str) -> str:
+        return metric_label(key, comparable)
+
     lines = [f"Metrics of run {result['run']}, snapshot {result['snapshot']} (kimg {result.get('kimg')}), "
-             f"extractor {settings['extractor']}" + (" (reused the existing result)" if result.get("reused") else "")]
+             f"extractor {settings['extractor']} ({name} features)"
+             + (" (reused the existing result)" if result.get("reused") else "")]
     for cls, m in result["metrics"].items():
-        name = settings["extractor"]
-        lines.append(f"  {cls}: {int(m['num_fakes'])} fakes vs {int(m['num_reals'])} reals | FID {m[f'fid_{name}']:.2f}"
-                     f" | KID {m[f'kid_{name}']:.4f} ± {m[f'kid_{name}_std']:.4f} | precision "
-                     f"{m[f'precision_{name}']:.3f} recall {m[f'recall_{name}']:.3f}")
+        lines.append(f"  {cls}: {int(m['num_fakes'])} fakes vs {int(m['num_reals'])} reals | {label(f'fid_{name}')} "
+                     f"{m[f'fid_{name}']:.2f} | {label(f'kid_{name}')} {m[f'kid_{name}']:.4f} ± "
+                     f"{m[f'kid_{name}_std']:.4f} | {label(f'precision_{name}')} {m[f'precision_{name}']:.3f}, "
+                     f"{label(f'recall_{name}')} {m[f'recall_{name}']:.3f}")
         alarm = "  MODE-COLLAPSE ALARM" if m["collapse_alarm"] else ""
         lines.append(f"      diversity fakes/reals {m['diversity_ratio']:.3f} (pixels {m['pixel_diversity_ratio']:.3f})"
                      f"{alarm} | memorised {int(m['memorised_count'])} of {int(m['num_fakes'])} (nearest real "
                      f"min {m['nearest_real_min']:.4f}, threshold {m['memorisation_threshold']:.4f})")
-    if settings["extractor"] == "offline":
-        lines.append("  Note: offline-extractor numbers compare only with other offline numbers, not with papers.")
-    elif not result.get("comparable_with_published_fid"):
+    if name == "inception" and not comparable:
         lines.append("  Note: torchvision's Inception-v3 is not the TF FID network; close to, not equal to, "
                      "published FIDs (pass --inception-file for those).")
     if "path" in result:
         lines.append(f"  Written: {result['path']}")
     return "\n".join(lines)
+
+
+def fid_line(result: Dict[str, object]) -> str:
+    """One line per class: the fakes' FID of a measure_snapshot result, named as what it is."""
+    name = result_extractor(result)
+    comparable = bool(result.get("comparable_with_published_fid", name != "offline"))
+    return "\n".join(
+        f"{result['run']} at {float(result.get('kimg') or 0):g} kimg, {cls}: {metric_label(f'fid_{name}', comparable)} "
+        f"= {m[f'fid_{name}']:.2f} ({int(m['num_fakes'])} fakes vs {int(m['num_reals'])} real training images)"
+        for cls, m in result["metrics"].items())
+
+
+def latest_fid_text(workspace) -> Optional[str]:
+    """The `fid_line` of each run's newest measured snapshot in results/metrics (None when none was)."""
+    import json
+
+    workspace = resolve_workspace(workspace)
+    lines = []
+    for run_folder in workspace.runs():
+        results = []
+        for path in sorted(workspace.metrics_dir(run_folder.name).glob("*.json")):
+            try:
+                result = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(result, dict) and result.get("metrics") and result.get("kimg") is not None:
+                results.append(result)
+        if results:
+            lines.append(fid_line(max(results, key=lambda r: float(r["kimg"]))))
+    return "\n".join(lines) or None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from mura_aug.errors import UserError
+from mura_aug.metrics.features import metric_label
 from mura_aug.workspace import RunFolder
 
 PathLike = Union[str, os.PathLike]
@@ -186,14 +187,17 @@ def plot_training_metrics(run_dir_or_stats: PathLike, collapse_fraction: Optiona
 
     history = read_metric_history(run_dir_or_stats)
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    groups = [("FID (lower is better)", ("fid_",)), ("KID (lower is better)", ("kid_",)),
+    groups = [("FID", ("fid_",)), ("KID", ("kid_",)),
               ("diversity fakes / reals", ("diversity_ratio", "pixel_diversity_ratio"))]
     for ax, (title, prefixes) in zip(axes, groups):
         keys = [k for k in sorted(history) if k.startswith(prefixes) and not k.endswith("_std")]
         for key in keys:
             kimg, values = zip(*history[key])
-            ax.plot(kimg, values, marker="o", label=key)
-        ax.set_title(title)
+            ax.plot(kimg, values, marker="o", label=metric_label(key))
+        if prefixes != groups[2][1]:  # the measure's name as metric_label gives it: offline numbers say so
+            title = "\n".join(dict.fromkeys(metric_label(k) for k in keys)) or title
+            title += " (lower is better)"
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("kimg (thousands of real images shown)")
         if keys:
             ax.legend(fontsize=8)
@@ -239,7 +243,8 @@ def plot_closest_pairs(report, fake_images, real_images, count: int = 8,
 
 
 def plot_snapshot_metrics(workspace, run: str, extractor: str = "offline"):
-    """FID and diversity ratio of each snapshot measured with `python -m mura_aug metrics`, per class."""
+    """FID and diversity ratio of each snapshot measured with `python -m mura_aug metrics`, per class.
+    extractor: the features the FIDs were computed with (offline, inception)."""
     import matplotlib.pyplot as plt
 
     from mura_aug.workspace import Workspace
@@ -251,8 +256,11 @@ def plot_snapshot_metrics(workspace, run: str, extractor: str = "offline"):
             result = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if result.get("settings", {}).get("extractor") != extractor or result.get("kimg") is None:
+        # results name their features (extractor_name); older ones only the requested extractor
+        features = result.get("extractor_name") or result.get("settings", {}).get("extractor")
+        if features != extractor or result.get("kimg") is None:
             continue
+        comparable = bool(result.get("comparable_with_published_fid", extractor != "offline"))
         for cls, metrics in result.get("metrics", {}).items():
             points.setdefault(cls, []).append((result["kimg"], metrics[f"fid_{extractor}"],
                                                metrics["diversity_ratio"]))
@@ -265,7 +273,7 @@ def plot_snapshot_metrics(workspace, run: str, extractor: str = "offline"):
         kimg, fid, ratio = zip(*rows)
         ax_fid.plot(kimg, fid, marker="o", label=cls)
         ax_div.plot(kimg, ratio, marker="o", label=cls)
-    ax_fid.set_title(f"FID ({extractor} features)")
+    ax_fid.set_title(metric_label(f"fid_{extractor}", comparable), fontsize=9)
     ax_div.set_title("diversity fakes / reals")
     for ax in (ax_fid, ax_div):
         ax.set_xlabel("kimg")

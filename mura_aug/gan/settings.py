@@ -21,6 +21,7 @@ from mura_aug.devices import AMP_MODES
 from mura_aug.errors import UserError
 from mura_aug.gan.configs import CONFIG_NAMES
 from mura_aug.gan.dataset import LABELS
+from mura_aug.metrics.features import DEFAULT_EXTRACTOR, EXTRACTOR_NAMES, OFFLINE_FID_LABEL
 from mura_aug.settings import StageSettings, check_resolution, flag_name, parameter_name, setting
 from mura_aug.workspace import check_name
 
@@ -86,10 +87,14 @@ class RunSettings(StageSettings):
     max_minutes: Optional[float] = setting(None, "stop with a final snapshot after this many minutes of this "
                                            "call; none = no limit (the notebooks stop before Colab ends a session "
                                            "after about 12 h)", unit="minutes", notebook_default=690.0)
-    metrics_every: int = setting(0, "compute FID/KID (offline feature net), precision/recall and diversity of "
-                                 "G_ema every N-th snapshot and add them to that tick's line in stats.jsonl (0 = "
-                                 "never; training waits meanwhile)", unit="snapshots")
+    metrics_every: int = setting(0, "compute FID/KID (with metrics_extractor's features), precision/recall and "
+                                 "diversity of G_ema every N-th snapshot and add them to that tick's line in "
+                                 "stats.jsonl (0 = never; training waits meanwhile)", unit="snapshots")
     metrics_fakes: int = setting(500, "fakes generated per such measurement", unit="images", notebook=False)
+    metrics_extractor: str = setting(
+        DEFAULT_EXTRACTOR, "features of those FIDs: standard (NVIDIA's FID network, downloaded once into the "
+        "workspace's weights/ folder; where it cannot be had the offline one, with a warning), inception, or "
+        f"offline (no download, the same on every machine: {OFFLINE_FID_LABEL})", choices=EXTRACTOR_NAMES)
     device: Optional[str] = setting(None, "cpu, cuda or cuda:1; none = the GPU when there is one (under "
                                     "torchrun: cpu or cuda, each process takes cuda:LOCAL_RANK)")
     amp: str = setting("auto", "precision: fp16 (NVIDIA's: the top 4 resolutions' blocks in float16, clamped, with "
@@ -111,7 +116,8 @@ class RunSettings(StageSettings):
     SHAPING = ("label", "body_part", "cfg", "resolution", "kimg_per_tick", "batch", "batch_gpu", "gamma", "mirror",
                "seed", "transfer", "freeze_d", "amp")
     RUN_CONTROL = ("kimg", "snap", "snap_minutes", "staging", "keep", "keep_networks_every", "max_minutes",
-                   "metrics_every", "metrics_fakes", "device", "compile", "channels_last", "progress", "cpu_ok")
+                   "metrics_every", "metrics_fakes", "metrics_extractor", "device", "compile", "channels_last",
+                   "progress", "cpu_ok")
     # The other two say what a call does: `resume` is the call's own; `run` names the run (a resumed run's).
 
     # --- what the user gave ---------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """Feature extractors for the fake-image measures: a callable ``extractor(images_uint8_NCHW) -> float64 [N, D]``
 with attributes ``name`` and ``dim``.
 
+- ``'standard'`` (the default everywhere: ``metrics``, the training hook, notebooks 02/03): NVIDIA's FID
+  network (below) when it is cached in the workspace's ``weights/`` folder or can be downloaded there (Colab:
+  the workspace is on Drive, so one download serves every later session); otherwise the offline network,
+  with an ``OfflineFidWarning``. Its features are then named ``offline`` like the offline extractor's.
 - ``'inception'``: Inception-v3 pool features (2048-d), as FID is defined. The published FID network is
   NVIDIA's TorchScript port of TensorFlow's inception-2015-12-05 (the file StyleGAN2-ADA's own metrics use):
   downloaded once into the workspace's ``weights/`` folder, or passed with ``inception_file=``; with it the
@@ -9,6 +13,9 @@ with attributes ``name`` and ``dim``.
 - ``'offline'``: a fixed-seed random conv net plus downsampled pixels. Needs no download, is deterministic,
   fast on a CPU; meant for tests, demos and trends during training. Its numbers compare only with other
   offline numbers (the keys carry the suffix ``_offline``).
+
+Every figure, title and line that shows a number of the offline network calls it by `metric_label` (one
+owner of the wording): "offline FID (not comparable with published FIDs)".
 """
 from __future__ import annotations
 
@@ -32,7 +39,13 @@ INCEPTION_WEIGHTS_FILE = "inception_v3_google-0cc3c7bd.pth"  # torchvision's Ima
 NVIDIA_INCEPTION_FILE = "inception-2015-12-05.pt"  # NVIDIA's TorchScript FID network (about 95 MB)
 NVIDIA_INCEPTION_URL = ("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/"
                         + NVIDIA_INCEPTION_FILE)
-EXTRACTOR_NAMES = ("offline", "inception")
+EXTRACTOR_NAMES = ("standard", "inception", "offline")
+DEFAULT_EXTRACTOR = "standard"  # NVIDIA's FID network where it can be had, else offline with a warning
+OFFLINE_FID_LABEL = "offline FID (not comparable with published FIDs)"
+
+
+class OfflineFidWarning(UserWarning):
+    """The standard FID network could not be had: the numbers come from the offline network."""
 
 # The interface every extractor follows (plus the attributes `name` and `dim`): uint8 NCHW -> float64 [N, D].
 Extractor = Callable[[np.ndarray], np.ndarray]
@@ -209,13 +222,25 @@ class InceptionExtractor:
         return out
 
 
-def get_extractor(name: str = "offline", workspace: Optional[PathLike] = None, device="cpu",
+def get_extractor(name: str = DEFAULT_EXTRACTOR, workspace: Optional[PathLike] = None, device="cpu",
                   inception_file: Optional[PathLike] = None, progress: bool = False):
-    """'offline' or 'inception' -> a feature extractor (inception weights cached in the workspace)."""
+    """'standard', 'inception' or 'offline' -> a feature extractor (network files cached in the workspace's
+    weights/ folder; without a workspace in the user's cache)."""
+    cache = Workspace(workspace).weights_cache if workspace is not None else USER_CACHE
     if name == "offline":
         return OfflineExtractor(device=device, progress=progress)
+    if name == "standard":
+        if inception_file is None:
+            inception_file, download_error = _nvidia_inception_file(cache, progress)
+            if inception_file is None:
+                warnings.warn(f"NVIDIA's FID network is not in {cache} and could not be downloaded "
+                              f"({download_error}): the fakes are measured with the offline network, so every "
+                              f"number is an {OFFLINE_FID_LABEL}. Copy {NVIDIA_INCEPTION_FILE} "
+                              f"({NVIDIA_INCEPTION_URL}) into {cache} for the standard FID.",
+                              OfflineFidWarning, stacklevel=2)
+                return OfflineExtractor(device=device, progress=progress)
+        return InceptionExtractor(inception_file=inception_file, device=device, progress=progress)
     if name == "inception":
-        cache = Workspace(workspace).weights_cache if workspace is not None else USER_CACHE
         if inception_file is None:
             inception_file, download_error = _nvidia_inception_file(cache, progress)
             if inception_file is None:
@@ -235,6 +260,26 @@ def get_extractor(name: str = "offline", workspace: Optional[PathLike] = None, d
                 return extractor
         return InceptionExtractor(inception_file=inception_file, device=device, progress=progress)
     raise UserError(f"Unknown feature extractor {name!r}.", f"Use one of: {', '.join(EXTRACTOR_NAMES)}.")
+
+
+def metric_label(key: str, comparable_with_published: bool = True) -> str:
+    """How a figure, title or printed line names a measure key: 'fid_offline' -> "offline FID (not comparable
+    with published FIDs)", 'fid_inception' -> "FID" (or "FID (torchvision Inception-v3, not the published
+    FID network)" when `comparable_with_published` is False), 'kid_offline_std' -> "offline KID spread (not
+    comparable with published KIDs)"; other keys are returned as they are."""
+    for measure, shown in (("fid", "FID"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall")):
+        for extractor in EXTRACTOR_NAMES:
+            for suffix, extra in (("", ""), ("_std", " spread")):
+                if key != f"{measure}_{extractor}{suffix}":
+                    continue
+                if extractor == "offline":
+                    published = f"published {shown}s" if measure in ("fid", "kid") else "published numbers"
+                    return OFFLINE_FID_LABEL if key == "fid_offline" else \
+                        f"offline {shown}{extra} (not comparable with {published})"
+                if not comparable_with_published:
+                    return f"{shown}{extra} (torchvision Inception-v3, not the published FID network)"
+                return f"{shown}{extra}"
+    return key
 
 
 def _nvidia_inception_file(cache: Path, progress: bool):

@@ -17,8 +17,9 @@ at the first failing notebook (unless --keep-going) and shows its cell and error
 it finished before, so a rerun after a failure or a disconnect is cheap.
 
 The demo runs the same code with the tiny CPU settings of `demo_params.yaml` (next to this file) on
-generated MURA-like data, in a workspace of its own, and ends with the stage-06 comparison, as stage 06
-itself reads it from what it wrote (`mura_aug.evaluate.stage.latest_comparison_text`).
+generated MURA-like data, in a workspace of its own, and ends with the fakes' FID that notebooks 02 / 03
+measured (`mura_aug.gan.measure.latest_fid_text`; the demo's are offline FIDs and say so) and the stage-06
+comparison, as stage 06 itself reads it from what it wrote (`mura_aug.evaluate.stage.latest_comparison_text`).
 """
 from __future__ import annotations
 
@@ -451,6 +452,11 @@ def run_demo(args: argparse.Namespace) -> int:
     _echo(f"\nTotal: {format_seconds(time.perf_counter() - started)}.\n")
     body_part = _demo_body_part(parameters)
     _echo(where_everything_is(workspace, body_part, output_dir))
+    from mura_aug.gan.measure import latest_fid_text  # what notebooks 02 / 03 measured at their end
+
+    fids = latest_fid_text(workspace)
+    if fids:
+        _echo(f"\nThe fakes' FID (end of notebooks 02 / 03):\n{fids}")
     from mura_aug.evaluate.stage import latest_comparison_text  # stage 06's own reader of what it wrote
 
     table = latest_comparison_text(workspace, body_part)

@@ -7,9 +7,19 @@ inside `out_dir/MURA-v1.1.zip`.
 
 Every image is drawn with numpy from a random anatomy: film that often does not fill the frame, black
 borders, soft tissue, a long bone with a joint head, a side-marker letter, noise. Positive (abnormal)
-studies carry metal hardware: a saturated plate with screws across the shaft, half of them also a displaced
-fracture gap. The plate is about a tenth of the film wide and two fifths long, so it stays visible after
-downscaling to 32 px: a GAN can reproduce it and a small CNN can learn it at 64 px.
+studies carry metal hardware: a plate with screws across the shaft, half of them also a displaced fracture
+gap.
+
+How hard the tree is to classify is two settings (`difficulty_of` checks them):
+- `subtlety` (0-1): the share of positive images whose sign is faint. A full-strength sign is a saturated
+  plate about a tenth of the film wide and two fifths long that stays visible after downscaling to 32 px;
+  a faint one (strength FAINT_SIGN_STRENGTH of that) is a dim plate half the size and a hairline, hardly
+  displaced fracture, or next to nothing, as in real abnormal views that do not show the finding. 0
+  (`EASY_SUBTLETY`) draws every sign at full strength: tests that need a learnable sign use it.
+- `positive_share` (0-1): the share of studies that are abnormal.
+The defaults (`DEFAULT_SUBTLETY`, `DEFAULT_POSITIVE_SHARE`) are chosen so that the demo's baseline
+classifier lands at a study kappa between 0.5 and 0.85 on its valid split (bench/results/difficulty.md):
+stage 06's comparison then has room to go either way.
 
 Deterministic per seed: the same arguments give byte-identical files.
 """
@@ -35,7 +45,13 @@ from mura_aug.prepare.mura import BODY_PARTS, DEFAULT_BODY_PART
 DEFAULT_PATIENTS = 60  # patients per body part: about 300 images, a minute of stage 01 on a laptop
 MARKER_FILE = ".mura_aug_demo.json"  # written at the tree's root so a rerun with the same arguments is instant
 VALID_FRACTION = 0.2  # share of each body part's patients that go to the valid split
-POSITIVE_FRACTION = 0.5  # share of studies that are abnormal
+DEFAULT_POSITIVE_SHARE = 0.5  # share of studies that are abnormal (MURA's shoulders: about half)
+EASY_SUBTLETY = 0.0  # the abnormal sign at full strength: any small classifier learns it
+# Share of positive images whose sign is faint by default, 0 (none) to 1 (all): the demo baseline's study
+# kappa sits inside 0.5-0.85 with it (bench/bench_difficulty.py, bench/results/difficulty.md).
+DEFAULT_SUBTLETY = 0.6
+# Strength of a faint sign (1 = the saturated plate, 0 = nothing): a dim, small plate, a hairline fracture.
+FAINT_SIGN_STRENGTH = (0.0, 0.3)
 RGB_FRACTION = 0.1  # share of images saved as 3-channel PNG (the real MURA has some)
 MIN_SIDE_PX, MAX_SIDE_PX = 256, 512  # image height / width range in pixels
 
@@ -64,8 +80,10 @@ class DemoImage:
 
 # --- the tree plan --------------------------------------------------------------------------------
 
-def plan_tree(patients: int, seed: int, body_parts: Sequence[str]) -> List[DemoImage]:
-    """Every image of the tree, in CSV order. Train patients are numbered first, valid ones after them."""
+def plan_tree(patients: int, seed: int, body_parts: Sequence[str],
+              positive_share: float = DEFAULT_POSITIVE_SHARE) -> List[DemoImage]:
+    """Every image of the tree, in CSV order. Train patients are numbered first, valid ones after them.
+    positive_share: the chance of a study to be abnormal."""
     rng = np.random.default_rng(seed)
     per_part = []  # (body_part, n_train, n_valid)
     for body_part in body_parts:
@@ -79,7 +97,7 @@ def plan_tree(patients: int, seed: int, body_parts: Sequence[str]) -> List[DemoI
             split_images: List[DemoImage] = []
             for _ in range(count):
                 for study_number in range(1, int(rng.integers(1, 4)) + 1):  # 1-3 studies per patient
-                    positive = bool(rng.random() < POSITIVE_FRACTION)
+                    positive = bool(rng.random() < positive_share)
                     for view in range(1, int(rng.integers(1, 5)) + 1):  # 1-4 views per study
                         split_images.append(DemoImage(split, body_part, next_patient, study_number, positive,
                                                       view, int(rng.integers(0, 2**31 - 1))))
@@ -100,9 +118,25 @@ def _ensure_both_classes(images: List[DemoImage]) -> List[DemoImage]:
 
 # --- drawing --------------------------------------------------------------------------------------
 
-def draw_radiograph(seed: int, positive: bool) -> Image.Image:
-    """One bone-like radiograph ('L' mode, size between MIN_SIDE_PX and MAX_SIDE_PX per side)."""
+def sign_strength(seed: int, subtlety: float) -> float:
+    """How strongly one positive image shows its abnormal sign, 0 (not at all) to 1 (full strength): with
+    chance `subtlety` the sign is faint (FAINT_SIGN_STRENGTH), else full.
+
+    Drawn from a stream of its own (not the anatomy's), so the anatomy of an image is the same at every
+    subtlety and subtlety 0 draws exactly the easy tree."""
+    if subtlety <= 0:
+        return 1.0
+    rng = np.random.default_rng([seed, 1])
+    faint, strength = rng.random() < subtlety, rng.uniform(*FAINT_SIGN_STRENGTH)
+    return float(strength) if faint else 1.0
+
+
+def draw_radiograph(seed: int, positive: bool, subtlety: float = DEFAULT_SUBTLETY) -> Image.Image:
+    """One bone-like radiograph ('L' mode, size between MIN_SIDE_PX and MAX_SIDE_PX per side).
+
+    subtlety: how faint a positive image's sign is (module docstring); negative images do not depend on it."""
     rng = np.random.default_rng(seed)
+    strength = sign_strength(seed, subtlety) if positive else 0.0
     height = int(rng.integers(MIN_SIDE_PX, MAX_SIDE_PX + 1))
     width = int(rng.integers(MIN_SIDE_PX, MAX_SIDE_PX + 1))
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -132,21 +166,23 @@ def draw_radiograph(seed: int, positive: bool) -> Image.Image:
     tissue_half_width = size * rng.uniform(0.22, 0.3)
     image += rng.uniform(25, 40) * np.clip(1 - (v / tissue_half_width) ** 2, 0, 1) ** 0.5
 
-    # Long bone (shaft) from the joint head towards the film edge, optionally broken and displaced.
+    # Long bone (shaft) from the joint head towards the film edge; a positive one may be broken and
+    # displaced, by less the fainter its sign.
     shaft_radius = size * rng.uniform(0.055, 0.07)
     shaft_start, shaft_end = -0.15 * size, 0.75 * size
     fracture_at = size * rng.uniform(0.2, 0.35)
     fractured = positive and rng.random() < 0.5
     shift = np.zeros_like(v)
     if fractured:
-        shift = np.where(u > fracture_at, shaft_radius * rng.choice([-1, 1]) * rng.uniform(0.5, 0.9), 0.0)
+        displacement = shaft_radius * rng.choice([-1, 1]) * rng.uniform(0.5, 0.9) * strength
+        shift = np.where(u > fracture_at, displacement, 0.0)
     v_bone = v - shift
     bone_intensity = rng.uniform(120, 150)
     across = np.clip(np.abs(v_bone) / shaft_radius, 0, 1)
     shaft = (bone_intensity - 25 + 55 * across ** 4) * (np.abs(v_bone) < shaft_radius)  # bright cortex
     shaft *= (u > shaft_start) & (u < shaft_end)
     if fractured:
-        gap_half = size * 0.02
+        gap_half = size * 0.02 * strength
         shaft *= np.abs(u - fracture_at) > gap_half
     # Joint head: a dome at the top of the shaft.
     head_radius = size * rng.uniform(0.12, 0.16)
@@ -160,18 +196,7 @@ def draw_radiograph(seed: int, positive: bool) -> Image.Image:
     image = image + np.maximum.reduce([shaft, head, flat, clavicle])
 
     if positive:
-        # Metal hardware: saturated, so it stays the brightest thing after any downscaling.
-        plate_length = size * rng.uniform(0.38, 0.48)
-        plate_centre = fracture_at if fractured else size * rng.uniform(0.2, 0.35)
-        plate_half_width = size * rng.uniform(0.045, 0.055)
-        plate_offset = shaft_radius * rng.uniform(-0.3, 0.3)
-        on_plate = (np.abs(u - plate_centre) < plate_length / 2) & (np.abs(v - plate_offset) < plate_half_width)
-        image = np.where(on_plate, 250.0, image)
-        screws = int(rng.integers(3, 6))
-        screw_half_width = size * 0.014
-        for position in np.linspace(-0.4, 0.4, screws) * plate_length:
-            on_screw = (np.abs(u - plate_centre - position) < screw_half_width) & (np.abs(v) < shaft_radius * 1.35)
-            image = np.where(on_screw, 240.0, image)
+        image = _draw_hardware(image, rng, u, v, size, shaft_radius, fracture_at if fractured else None, strength)
 
     image += rng.normal(0, rng.uniform(3, 7), size=image.shape)
     pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="L")
@@ -183,6 +208,25 @@ def draw_radiograph(seed: int, positive: bool) -> Image.Image:
     outside = (ys < film_top) | (ys >= film_bottom) | (xs < film_left) | (xs >= film_right)
     pixels[outside] = rng.integers(0, 8)
     return Image.fromarray(pixels, mode="L")
+
+
+def _draw_hardware(image: np.ndarray, rng: np.random.Generator, u: np.ndarray, v: np.ndarray, size: float,
+                   shaft_radius: float, fracture_at, strength: float) -> np.ndarray:
+    """Metal hardware across the shaft: a plate with screws. At strength 1 it is saturated, so it stays the
+    brightest thing after any downscaling; a fainter sign is smaller (down to half the size) and only part
+    of the way from the bone's grey to the metal's."""
+    plate_length = size * rng.uniform(0.38, 0.48) * (0.5 + 0.5 * strength)
+    plate_centre = fracture_at if fracture_at is not None else size * rng.uniform(0.2, 0.35)
+    plate_half_width = size * rng.uniform(0.045, 0.055) * (0.5 + 0.5 * strength)
+    plate_offset = shaft_radius * rng.uniform(-0.3, 0.3)
+    on_plate = (np.abs(u - plate_centre) < plate_length / 2) & (np.abs(v - plate_offset) < plate_half_width)
+    image = np.where(on_plate, (1 - strength) * image + strength * 250.0, image)
+    screws = int(rng.integers(3, 6))
+    screw_half_width = size * 0.014 * (0.5 + 0.5 * strength)
+    for position in np.linspace(-0.4, 0.4, screws) * plate_length:
+        on_screw = (np.abs(u - plate_centre - position) < screw_half_width) & (np.abs(v) < shaft_radius * 1.35)
+        image = np.where(on_screw, (1 - strength) * image + strength * 240.0, image)
+    return image
 
 
 def _draw_side_marker(pil: Image.Image, rng: np.random.Generator, film_box: Tuple[int, int, int, int]) -> None:
@@ -202,8 +246,8 @@ def _draw_side_marker(pil: Image.Image, rng: np.random.Generator, film_box: Tupl
         draw.line([x0 + stroke, y0 + letter_h // 2, x0 + letter_w, y0 + letter_h], fill=ink, width=stroke)
 
 
-def encode_png(plan_item: DemoImage) -> bytes:
-    image = draw_radiograph(plan_item.seed, plan_item.positive)
+def encode_png(plan_item: DemoImage, subtlety: float = DEFAULT_SUBTLETY) -> bytes:
+    image = draw_radiograph(plan_item.seed, plan_item.positive, subtlety)
     if np.random.default_rng(plan_item.seed + 1).random() < RGB_FRACTION:
         image = image.convert("RGB")
     buffer = io.BytesIO()
@@ -226,16 +270,21 @@ def csv_texts(images: Sequence[DemoImage]) -> dict:
 
 def make_demo_mura(out_dir: Union[str, os.PathLike], patients: int = DEFAULT_PATIENTS, seed: int = 0,
                    body_parts: Sequence[str] = (DEFAULT_BODY_PART,), as_zip: bool = False,
-                   progress: bool = False) -> Path:
+                   progress: bool = False, subtlety: float = DEFAULT_SUBTLETY,
+                   positive_share: float = DEFAULT_POSITIVE_SHARE) -> Path:
     """Write a demo MURA-v1.1 tree into `out_dir` and return the `MURA-v1.1` folder (or the zip file).
 
     patients: patients per body part (about 20 % of them go to valid); about 5 images per patient.
+    subtlety, positive_share: how hard the abnormality is to tell (module docstring; EASY_SUBTLETY for a
+    sign any classifier learns).
     A rerun with the same arguments returns the existing tree at once. A folder that is not ours is never
     overwritten.
     """
     body_parts = _check_arguments(patients, body_parts)
+    subtlety, positive_share = difficulty_of(subtlety, positive_share)
     out_dir = Path(out_dir).expanduser()
-    settings = {"patients": int(patients), "seed": int(seed), "body_parts": list(body_parts), "version": 1}
+    settings = {"patients": int(patients), "seed": int(seed), "body_parts": list(body_parts), "version": 1,
+                "subtlety": subtlety, "positive_share": positive_share}
     target = out_dir / ("MURA-v1.1.zip" if as_zip else "MURA-v1.1")
     if _is_same_demo(target, settings):
         return target
@@ -248,11 +297,11 @@ def make_demo_mura(out_dir: Union[str, os.PathLike], patients: int = DEFAULT_PAT
         raise UserError(f"Cannot create the demo data folder {out_dir}: {exc.strerror}.",
                         "Pass an --out folder you can write to.") from exc
 
-    images = plan_tree(patients, seed, body_parts)
+    images = plan_tree(patients, seed, body_parts, positive_share)
     files = {"MURA-v1.1/" + name: text.encode() for name, text in csv_texts(images).items()}
     from tqdm.auto import tqdm
 
-    pngs = ((im.member, encode_png(im)) for im in images)
+    pngs = ((im.member, encode_png(im, subtlety)) for im in images)
     pngs = tqdm(pngs, total=len(images), desc="demo radiographs", unit="img", disable=not progress)
     marker = json.dumps(settings).encode()
     if as_zip:
@@ -276,6 +325,28 @@ def _check_arguments(patients: int, body_parts: Sequence[str]) -> Tuple[str, ...
         raise UserError(f"patients={patients} is too few: train and valid each need at least one patient.",
                         f"Use --patients 2 or more ({DEFAULT_PATIENTS} gives about 300 images).")
     return parts
+
+
+def difficulty_of(subtlety, positive_share, names=("subtlety", "positive_share")) -> Tuple[float, float]:
+    """The two difficulty settings as floats, or a UserError naming the one out of range (`names`: what the
+    caller calls them, e.g. notebook 01's DEMO_SUBTLETY)."""
+    def number(value) -> float:
+        if isinstance(value, bool):
+            return float("nan")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    if not 0 <= number(subtlety) <= 1:
+        raise UserError(f"{names[0]} = {subtlety!r} is not a number from 0 to 1.",
+                        f"Use 0 (the abnormal sign at full strength) up to 1 (often invisible); the default "
+                        f"{DEFAULT_SUBTLETY} gives the demo a classifier that is good but not perfect.")
+    if not 0 < number(positive_share) < 1:
+        raise UserError(f"{names[1]} = {positive_share!r} is not a share above 0 and below 1.",
+                        f"Use the share of abnormal studies, e.g. {DEFAULT_POSITIVE_SHARE} (the default) or 0.2 "
+                        "for rare positives.")
+    return number(subtlety), number(positive_share)
 
 
 def _is_same_demo(target: Path, settings: dict) -> bool:

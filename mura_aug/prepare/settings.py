@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from mura_aug.errors import UserError
 from mura_aug.imaging import FITS
-from mura_aug.prepare.demo_data import DEFAULT_PATIENTS
+from mura_aug.prepare.demo_data import DEFAULT_PATIENTS, DEFAULT_POSITIVE_SHARE, DEFAULT_SUBTLETY, difficulty_of
 from mura_aug.prepare.mura import BODY_PARTS, DEFAULT_BODY_PART, check_body_part
 from mura_aug.settings import StageSettings, check_resolution, flag_name, parameter_name, setting
 
@@ -44,6 +44,13 @@ class PrepareSettings(StageSettings):
     demo_patients: int = setting(
         DEFAULT_PATIENTS, "patients in the generated demo tree (about 5 images each); used only without a MURA_PATH",
         cli=False)
+    demo_subtlety: float = setting(
+        DEFAULT_SUBTLETY, "how faint the abnormal sign (metal hardware, a fracture) of positive demo images is: 0 "
+        "full strength (any classifier learns it), 1 often invisible; the default leaves the demo classifier good, "
+        "not perfect; used only without a MURA_PATH", cli=False)
+    demo_positive_share: float = setting(
+        DEFAULT_POSITIVE_SHARE, "share of demo studies that are abnormal (above 0, below 1); used only without a "
+        "MURA_PATH", cli=False)
 
     def check(self) -> "PrepareSettings":
         super().check()
@@ -58,6 +65,9 @@ class PrepareSettings(StageSettings):
                                                   "line).")
         self.demo_patients = _whole_number_at_least(2, "demo_patients", self.demo_patients,
                                                     "Use 2 or more: train and valid each need a patient.")
+        self.demo_subtlety, self.demo_positive_share = difficulty_of(
+            self.demo_subtlety, self.demo_positive_share,
+            names=(parameter_name("demo_subtlety"), parameter_name("demo_positive_share")))
         return self
 
     def worker_count(self) -> int:
@@ -76,12 +86,19 @@ class DemoDataSettings(StageSettings):
     body_parts: List[str] = setting([DEFAULT_BODY_PART], f"body parts to draw ({' '.join(BODY_PARTS)}), or all",
                                     notebook=False)
     as_zip: bool = setting(False, "write MURA-v1.1.zip instead of a folder", notebook=False, aliases=("--zip",))
+    subtlety: float = setting(
+        DEFAULT_SUBTLETY, "how faint the abnormal sign (metal hardware, a fracture) of positive images is: 0 full "
+        "strength (any classifier learns it), 1 often invisible", notebook=False)
+    positive_share: float = setting(DEFAULT_POSITIVE_SHARE, "share of studies that are abnormal (above 0, below 1)",
+                                    notebook=False)
 
     def check(self) -> "DemoDataSettings":
         super().check()
         if not self.out:
             raise UserError("No output folder was given for the demo data.",
                             f"Pass {flag_name('out')} DIR (a new folder; existing MURA data is never overwritten).")
+        self.subtlety, self.positive_share = difficulty_of(
+            self.subtlety, self.positive_share, names=(flag_name("subtlety"), flag_name("positive_share")))
         return self
 
 

@@ -403,7 +403,8 @@ def _mura_or_demo(workspace: Workspace, settings: PrepareSettings, progress: boo
         return Path(settings.mura_path).expanduser()
     from mura_aug.prepare.demo_data import make_demo_mura
 
-    return make_demo_mura(workspace.demo_source, patients=settings.demo_patients, progress=progress)
+    return make_demo_mura(workspace.demo_source, patients=settings.demo_patients, progress=progress,
+                          subtlety=settings.demo_subtlety, positive_share=settings.demo_positive_share)
 
 class _EmptyClass(Exception):
     """Raised inside the dataset writers so that no zip is kept when a class ends up with no images."""
