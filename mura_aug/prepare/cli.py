@@ -43,6 +43,7 @@ def run_make_demo_data(args: argparse.Namespace) -> int:
 
     settings = DemoDataSettings.from_args(args)
     path = make_demo_mura(settings.out, patients=settings.patients, seed=settings.seed,
-                          body_parts=settings.body_parts, as_zip=settings.as_zip, progress=True)
+                          body_parts=settings.body_parts, as_zip=settings.as_zip, progress=True,
+                          like_mura=settings.like_mura is not None, scale=settings.scale, workers=settings.workers)
     print(f"demo MURA written: {path}")
     return 0

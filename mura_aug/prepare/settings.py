@@ -76,12 +76,31 @@ class DemoDataSettings(StageSettings):
     body_parts: List[str] = setting([DEFAULT_BODY_PART], f"body parts to draw ({' '.join(BODY_PARTS)}), or all",
                                     notebook=False)
     as_zip: bool = setting(False, "write MURA-v1.1.zip instead of a folder", notebook=False, aliases=("--zip",))
+    like_mura: Optional[List[str]] = setting(
+        None, "draw these body parts (or all) with real MURA-v1.1's counts of patients, studies per patient, images "
+        "per study, abnormal studies and train/valid split, instead of --patients per body part (XR_SHOULDER: "
+        "8379 train + 563 valid images)", metavar="BODY_PART", notebook=False)
+    scale: float = setting(1.0, "share of MURA's counts drawn with --like-mura (0.125: an eighth, for benchmarks)",
+                           notebook=False)
+    workers: Optional[int] = setting(None, "processes drawing images; none: one per CPU core (the files do not "
+                                     "depend on it)", notebook=False)
 
     def check(self) -> "DemoDataSettings":
         super().check()
         if not self.out:
             raise UserError("No output folder was given for the demo data.",
                             f"Pass {flag_name('out')} DIR (a new folder; existing MURA data is never overwritten).")
+        if self.like_mura is not None:
+            self.body_parts = list(self.like_mura)
+        elif self.scale != 1.0:
+            raise UserError(f"{flag_name('scale')} {self.scale:g} was given without {flag_name('like_mura')}.",
+                            f"Add {flag_name('like_mura')} XR_SHOULDER (or all), or leave out {flag_name('scale')}.")
+        from mura_aug.prepare.mura_counts import check_scale
+
+        self.scale = check_scale(self.scale)
+        if self.workers is not None:
+            self.workers = _whole_number_at_least(1, "workers", self.workers,
+                                                  f"Use none (one per CPU core) or 1 or more ({flag_name('workers')}).")
         return self
 
 
