@@ -76,3 +76,85 @@ def test_cli_like_mura_and_a_scale_without_it(tmp_path, capsys):
         from mura_aug.prepare.settings import DemoDataSettings
 
         DemoDataSettings(out=str(tmp_path), scale=0.5).check()
+
+
+# --- stage 01 throughput: OpenCV's PNG codec gives Pillow's pixels; copies are flushed once ----------------
+
+def _png(image, **options) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def pillow_only(monkeypatch):
+    from mura_aug import imaging
+
+    monkeypatch.setattr(imaging, "_OPENCV", None)
+
+
+def test_opencv_decode_and_encode_give_pillows_pixels(monkeypatch):
+    pytest.importorskip("cv2")
+    import numpy as np
+    from PIL import Image
+
+    from mura_aug import imaging
+
+    monkeypatch.setattr(imaging, "_OPENCV", imaging._NOT_LOADED)
+    monkeypatch.delenv(imaging.OPENCV_SWITCH, raising=False)
+    assert imaging.png_codec() == "opencv"
+    rng = np.random.default_rng(0)
+    grey = Image.fromarray(rng.integers(0, 256, (70, 90), dtype=np.uint8))
+    rgb = Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    for image in (grey, rgb):
+        data = _png(image)
+        fast = imaging.open_image(data)
+        monkeypatch.setattr(imaging, "_OPENCV", None)
+        slow = imaging.open_image(data)
+        monkeypatch.setattr(imaging, "_OPENCV", imaging._NOT_LOADED)
+        assert fast.mode == slow.mode == "L"
+        assert np.array_equal(np.asarray(fast), np.asarray(slow))
+        encoded = imaging.encode_png_fast(image, 4)
+        assert encoded != imaging.encode_png(image, 4)  # OpenCV wrote it ...
+        assert np.array_equal(np.asarray(Image.open(__import__("io").BytesIO(encoded))), np.asarray(image))  # ... losslessly
+    # A truncated file is refused with Pillow's words, whoever decodes first.
+    with pytest.raises(imaging.ImageProblem, match="truncated or corrupt"):
+        imaging.open_image(_png(grey)[:-200])
+
+
+def test_without_opencv_pillow_does_everything(pillow_only):
+    import numpy as np
+    from PIL import Image
+
+    from mura_aug import imaging
+
+    assert imaging.png_codec() == "pillow"
+    image = Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64))
+    assert imaging.encode_png_fast(image, 4) == imaging.encode_png(image, 4)
+    assert np.array_equal(np.asarray(imaging.open_image(_png(image))), np.asarray(image))
+
+
+def test_copies_are_flushed_once_before_the_state_records_them(tmp_path, monkeypatch):
+    import os
+
+    from mura_aug.prepare.settings import PrepareSettings
+    from mura_aug.prepare.stage import run_stage
+
+    mura = make_demo_mura(tmp_path / "mura", patients=4, seed=1)
+    events = []
+    real_fsync, real_sync, real_replace = os.fsync, os.sync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "sync", lambda: (events.append("sync"), real_sync())[1])
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(Path(dst).name), real_replace(src, dst))[1])
+    summary = run_stage(tmp_path / "ws", PrepareSettings(mura_path=str(mura), resolution=16, workers=1),
+                        progress=False)
+    copies = summary["copies"]["copied"]
+    assert copies > 10
+    state = ".XR_SHOULDER_prepare_state.json"
+    assert events.count("sync") == 1 and events.index("sync") < events.index(state)
+    copy_events = [i for i, name in enumerate(events) if name.startswith("XR_SHOULDER_train_patient")]
+    assert len(copy_events) == copies - sum(1 for name in events if name.startswith("XR_SHOULDER_valid_patient"))
+    assert events.index("sync") > copy_events[-1]
+    assert "fsync" not in events[copy_events[0]:copy_events[-1]]  # two per copy before
