@@ -158,3 +158,86 @@ def test_copies_are_flushed_once_before_the_state_records_them(tmp_path, monkeyp
     assert len(copy_events) == copies - sum(1 for name in events if name.startswith("XR_SHOULDER_valid_patient"))
     assert events.index("sync") > copy_events[-1]
     assert "fsync" not in events[copy_events[0]:copy_events[-1]]  # two per copy before
+
+
+# --- pairwise stages stay chunked: memory bounded whatever the counts ----------------------------------------
+
+def test_memorisation_and_precision_recall_never_hold_the_whole_pairwise_matrix(monkeypatch):
+    import tracemalloc
+
+    import numpy as np
+
+    from mura_aug.metrics import measures
+
+    rng = np.random.default_rng(0)
+    fakes, reals = rng.random((4000, 64)), rng.random((3000, 64))
+    full_matrix = 4000 * 3000 * 8  # bytes of the fake x real float64 distance matrix: 96 MB
+    monkeypatch.setattr(measures, "PAIRWISE_CHUNK", 100)
+    for name, call in (("memorisation", lambda: measures.memorisation_of_descriptors(fakes, reals)),
+                       ("precision_recall", lambda: measures.precision_recall(reals, fakes, k=3))):
+        tracemalloc.start()
+        call()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < full_matrix / 4, f"{name} held {peak / 2**20:.0f} MB: it stopped working in chunks"
+    # Chunking changes nothing: the same nearest reals and distances as the whole matrix at once.
+    nearest, distance = measures.nearest_rows(fakes[:300], reals, chunk=64)
+    whole = measures.pairwise_distances(fakes[:300], reals, chunk=10_000)
+    assert np.array_equal(nearest, whole.argmin(axis=1))
+    assert np.allclose(distance, whole.min(axis=1), rtol=0, atol=1e-12)
+
+
+def test_near_duplicates_compare_in_bounded_blocks_and_keep_the_greedy_rule(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mura_aug.synth import filters
+
+    rng = np.random.default_rng(1)
+    bases = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(40)]
+    paths, expected = [], {}
+    first_of = {}
+    for index in range(200):
+        base = int(rng.integers(0, len(bases)))
+        noise = rng.integers(-1, 2, (32, 32)) if base in first_of else 0
+        Image.fromarray(np.clip(bases[base].astype(int) + noise, 0, 255).astype(np.uint8)).save(
+            tmp_path / f"{index:03d}.png")
+        paths.append(tmp_path / f"{index:03d}.png")
+        if base in first_of:
+            expected[index] = first_of[base]
+        else:
+            first_of[base] = index
+    shapes = []
+    real_cdist = torch.cdist
+    monkeypatch.setattr(torch, "cdist", lambda a, b, p: (shapes.append((len(a), len(b))), real_cdist(a, b, p=p))[1])
+    monkeypatch.setattr(filters, "DUPLICATE_BLOCK", 16)
+    duplicates = filters.near_duplicates(paths, threshold=3.0)
+    assert {i: j for i, (j, _) in duplicates.items()} == expected
+    assert all(distance < 1.0 for _, distance in duplicates.values())
+    assert shapes and max(rows for rows, _ in shapes) <= 16  # never all fakes against all at once
+    assert max(rows * cols for rows, cols in shapes) <= 16 * len(first_of)
+
+
+def test_gan_training_array_is_written_image_by_image(tmp_path):
+    import tracemalloc
+
+    import numpy as np
+
+    from gan_datasets import make_dataset
+    from mura_aug.gan.dataset import load_training_images, read_dataset_zip
+
+    load_training_images(make_dataset(tmp_path / "warm", "positive", res=16, count=2), "XR_SHOULDER", "positive",
+                         16)  # imports and first-use caches are not what is measured
+    workspace = make_dataset(tmp_path / "ws", "positive", res=64, count=48)
+    make_dataset(tmp_path / "ws", "negative", res=64, count=32)
+    array_bytes = 80 * 3 * 64 * 64
+    tracemalloc.start()
+    images, labels = load_training_images(workspace, "XR_SHOULDER", "both", 64)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < array_bytes / 4, f"loading held {peak} bytes for a {array_bytes}-byte array"
+    negatives, _ = read_dataset_zip(workspace.dataset_zip("XR_SHOULDER", "negative", 64))
+    positives, _ = read_dataset_zip(workspace.dataset_zip("XR_SHOULDER", "positive", 64))
+    assert np.array_equal(np.asarray(images), np.concatenate([negatives, positives]))
+    assert labels.tolist() == [0] * 32 + [1] * 48
