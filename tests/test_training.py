@@ -54,6 +54,7 @@ def test_training_images_are_cached_resized_and_labelled(tmp_path, monkeypatch):
         raise AssertionError("the zip was read again although the cache is valid")
 
     monkeypatch.setattr(dataset_module, "read_dataset_zip", must_not_read)
+    monkeypatch.setattr(dataset_module, "_stream_npy", must_not_read)
     again, _ = load_training_images(workspace, "XR_SHOULDER", "both", 16)
     assert np.array_equal(np.asarray(again), np.asarray(images))
 

@@ -541,8 +541,8 @@ def test_a_damaged_training_array_cache_is_rebuilt_with_a_message(tmp_path, monk
     else:
         next((workspace.cache / "training_arrays").glob("*.check.json")).unlink()
     read_again = []
-    real_read = dataset.read_dataset_zip
-    monkeypatch.setattr(dataset, "read_dataset_zip", lambda *a, **k: read_again.append(a) or real_read(*a, **k))
+    real_read = dataset._decoded_members  # every decode of the dataset zip goes through it
+    monkeypatch.setattr(dataset, "_decoded_members", lambda *a, **k: read_again.append(a) or real_read(*a, **k))
     messages = []
     images, _ = dataset.load_training_images(workspace, "XR_SHOULDER", "positive", 16, log=messages.append)
     assert read_again and np.array_equal(np.asarray(images), good)  # rebuilt from the zip, not trained on noise

@@ -63,44 +63,67 @@ def read_dataset_zip(path: Path, resolution: Optional[int] = None, progress: boo
     resolution: resize larger images to it with an antialiasing filter; None keeps their size (which must be
     the same for all). max_images: a random subset (seeded) of that many members, in member order."""
     import numpy as np
-    from PIL import Image
-    from tqdm.auto import tqdm
 
+    images = None
+    with _open_dataset(path) as archive:
+        names = _member_names(archive, path, max_images, seed)
+        for index, pixels in enumerate(_decoded_members(archive, path, names, resolution, progress)):
+            if images is None:
+                images = np.empty((len(names), *pixels.shape), dtype=np.uint8)
+            images[index] = pixels
+    return images, names
+
+
+def _open_dataset(path: Path) -> zipfile.ZipFile:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"No GAN dataset at {path}.",
                         "Run stage 01 (python -m mura_aug prepare, or notebook 01_prepare) with the same body "
                         "part and --resolution as the run.")
     try:
-        archive = zipfile.ZipFile(path)
+        return zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
         raise UserError(f"The GAN dataset {path} cannot be opened ({exc}); it may be incomplete.",
                         "Delete it and rerun stage 01 (prepare) to rebuild it.") from exc
-    with archive:
-        names = sorted(n for n in archive.namelist() if n.lower().endswith(".png"))
-        if not names:
-            raise UserError(f"The GAN dataset {path} holds no PNG images.", "Rerun stage 01 (prepare).")
-        if max_images is not None and len(names) > max_images:
-            picked = np.sort(np.random.default_rng(seed).choice(len(names), max_images, replace=False))
-            names = [names[i] for i in picked]
-        images = None
-        for index, name in enumerate(tqdm(names, desc=f"reading {path.name}", disable=not progress, leave=False)):
-            try:
-                with Image.open(io.BytesIO(archive.read(name))) as image:
-                    image = image.convert("RGB")
-                    if resolution is not None and image.size != (resolution, resolution):
-                        image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
-                    pixels = np.asarray(image).transpose(2, 0, 1)
-            except (OSError, zipfile.BadZipFile, ValueError) as exc:
-                raise UserError(f"The image {name} in {path} cannot be decoded ({exc}).",
-                                "Delete the dataset zip and rerun stage 01 (prepare) to rebuild it.") from exc
-            if images is None:
-                images = np.empty((len(names), *pixels.shape), dtype=np.uint8)
-            elif pixels.shape != images.shape[1:]:
-                raise UserError(f"The images in {path} have different sizes ({name}: {pixels.shape[1:]}).",
-                                "Rebuild the dataset with stage 01 (python -m mura_aug prepare).")
-            images[index] = pixels
-    return images, names
+
+
+def _member_names(archive: zipfile.ZipFile, path: Path, max_images: Optional[int] = None,
+                  seed: int = 0) -> List[str]:
+    import numpy as np
+
+    names = sorted(n for n in archive.namelist() if n.lower().endswith(".png"))
+    if not names:
+        raise UserError(f"The GAN dataset {path} holds no PNG images.", "Rerun stage 01 (prepare).")
+    if max_images is not None and len(names) > max_images:
+        picked = np.sort(np.random.default_rng(seed).choice(len(names), max_images, replace=False))
+        names = [names[i] for i in picked]
+    return names
+
+
+def _decoded_members(archive: zipfile.ZipFile, path: Path, names: List[str], resolution: Optional[int],
+                     progress: bool):
+    """uint8 [3, R, R] pixels of each member in turn, all of one size (else a UserError)."""
+    import numpy as np
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    shape = None
+    for name in tqdm(names, desc=f"reading {Path(path).name}", disable=not progress, leave=False):
+        try:
+            with Image.open(io.BytesIO(archive.read(name))) as image:
+                image = image.convert("RGB")
+                if resolution is not None and image.size != (resolution, resolution):
+                    image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
+                pixels = np.asarray(image).transpose(2, 0, 1)
+        except (OSError, zipfile.BadZipFile, ValueError) as exc:
+            raise UserError(f"The image {name} in {path} cannot be decoded ({exc}).",
+                            "Delete the dataset zip and rerun stage 01 (prepare) to rebuild it.") from exc
+        if shape is None:
+            shape = pixels.shape
+        elif pixels.shape != shape:
+            raise UserError(f"The images in {path} have different sizes ({name}: {pixels.shape[1:]}).",
+                            "Rebuild the dataset with stage 01 (python -m mura_aug prepare).")
+        yield pixels
 
 
 def load_real_images(workspace, body_part: str, cls: str, resolution: int, max_images: Optional[int] = None,
@@ -144,17 +167,13 @@ def load_training_images(workspace, body_part: str = "XR_SHOULDER", label: str =
         if problem != NOT_BUILT:
             log(f"The cached training array {images_file} {problem}: rebuilding it from "
                 f"{', '.join(path.name for path in paths)}.")
-        arrays, labels = [], []
-        for cls, path in zip(classes, paths):
-            images, _ = read_dataset_zip(path, resolution, progress=progress)
-            arrays.append(images)
-            labels.append(np.full(len(images), CLASS_LABEL[cls], dtype=np.int64))
         for stale in workspace.stale_training_arrays(body_part, label, resolution):
             stale.unlink(missing_ok=True)  # an older version of the same dataset, or the bad one
+        labels, images_check = _stream_npy(images_file, classes, paths, resolution, progress)
         # The check file comes last: arrays without one (a build cut off in between) are rebuilt next time.
         atomic_write_json(check_file, {"sources": [path.name for path in paths], "resolution": resolution,
-                                       "files": {images_file.name: _save_npy(images_file, np.concatenate(arrays)),
-                                                 labels_file.name: _save_npy(labels_file, np.concatenate(labels))}})
+                                       "files": {images_file.name: images_check,
+                                                 labels_file.name: _save_npy(labels_file, labels)}})
     try:
         images = np.load(images_file, mmap_mode="r" if mmap else None)
         labels = np.load(labels_file)
@@ -163,6 +182,39 @@ def load_training_images(workspace, body_part: str = "XR_SHOULDER", label: str =
         raise UserError(f"The cached training array {images_file} is unreadable ({exc}); it was removed.",
                         "Run again: it is rebuilt from the dataset zip.") from exc
     return images, labels
+
+
+def _stream_npy(images_file: Path, classes: List[str], paths: List[Path], resolution: int, progress: bool):
+    """Decode the classes' zips image by image straight into the .npy file; returns the labels and the file's
+    {"bytes", "sha256"}, hashed as it is written.
+
+    One image in memory at a time: a class of XR_SHOULDER is 0.8 GB at 256 px and 3.3 GB at 512 px, and both
+    classes together twice that, which a list of arrays plus np.concatenate held twice over.
+    """
+    import numpy as np
+
+    archives = [_open_dataset(path) for path in paths]
+    try:
+        names = [_member_names(archive, path) for archive, path in zip(archives, paths)]
+        shape = (sum(len(n) for n in names), 3, resolution, resolution)
+        with atomic_path(images_file) as tmp:
+            with open(tmp, "wb") as raw:
+                handle = _HashingWriter(raw)
+                np.lib.format.write_array_header_1_0(
+                    handle, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                             "shape": shape})
+                for archive, path, members in zip(archives, paths, names):
+                    for pixels in _decoded_members(archive, path, members, resolution, progress):
+                        if pixels.shape != shape[1:]:
+                            raise UserError(f"The images in {path} are {pixels.shape[2]} px, not {resolution}.",
+                                            "Rebuild the dataset with stage 01 (python -m mura_aug prepare).")
+                        handle.write(np.ascontiguousarray(pixels).tobytes())
+                raw.flush()
+    finally:
+        for archive in archives:
+            archive.close()
+    labels = np.concatenate([np.full(len(n), CLASS_LABEL[cls], dtype=np.int64) for cls, n in zip(classes, names)])
+    return labels, {"bytes": handle.size, "sha256": handle.digest.hexdigest()}
 
 
 def _save_npy(path: Path, array) -> Dict[str, object]:

@@ -33,6 +33,8 @@ KID_SUBSETS = 100                   # number of random subsets KID is averaged o
 KID_SUBSET_SIZE = 1000              # images per subset at most
 KID_PRECOMPUTE_MAX = 4000           # images; up to this, KID's kernel matrices are computed once (<= 128 MB each)
 DIVERSITY_MAX_IMAGES = 1000         # mean pairwise distance is estimated on at most this many images
+PAIRWISE_CHUNK = 1024               # rows of a distance matrix held at once: 1024 x 10,000 float64 = 80 MB
+FILE_BATCH = 256                    # image files decoded at once when only their descriptors are kept
 
 
 # =====================================================================================================
@@ -136,9 +138,10 @@ def pairwise_distances(a: np.ndarray, b: np.ndarray, chunk: int = 2048) -> np.nd
     return out
 
 
-def _kth_neighbour_radii(features: np.ndarray, k: int, chunk: int = 1024) -> np.ndarray:
-    """Distance of each point to its k-th nearest other point of the same set (rows in chunks: a full
-    10000 x 10000 matrix would take 800 MB)."""
+def _kth_neighbour_radii(features: np.ndarray, k: int, chunk: Optional[int] = None) -> np.ndarray:
+    """Distance of each point to its k-th nearest other point of the same set (rows in chunks of `chunk`,
+    None: PAIRWISE_CHUNK; a full 10000 x 10000 matrix would take 800 MB)."""
+    chunk = chunk or PAIRWISE_CHUNK
     radii = np.empty(len(features))
     for start, stop in _batches(len(features), chunk):
         distances = pairwise_distances(features[start:stop], features)
@@ -159,10 +162,14 @@ def precision_recall(real_features: np.ndarray, fake_features: np.ndarray, k: in
         raise UserError(f"Precision/recall with k={k} needs more than {k} images in each set.",
                         "Use more images (--num-fakes).")
     real_radii, fake_radii = _kth_neighbour_radii(real, k), _kth_neighbour_radii(fake, k)
-    fake_to_real = pairwise_distances(fake, real)
-    precision = (fake_to_real <= real_radii[None, :]).any(axis=1).mean()
-    recall = (fake_to_real.T <= fake_radii[None, :]).any(axis=1).mean()
-    return float(precision), float(recall)
+    # Fakes in chunks of rows: the whole fake x real matrix (10,000 x 4,200 float64: 336 MB) is never held.
+    inside_real = np.zeros(len(fake), dtype=bool)
+    covered_real = np.zeros(len(real), dtype=bool)
+    for start, stop in _batches(len(fake), PAIRWISE_CHUNK):
+        fake_to_real = pairwise_distances(fake[start:stop], real)
+        inside_real[start:stop] = (fake_to_real <= real_radii[None, :]).any(axis=1)
+        covered_real |= (fake_to_real <= fake_radii[start:stop, None]).any(axis=0)
+    return float(inside_real.mean()), float(covered_real.mean())
 
 
 # =====================================================================================================
@@ -212,6 +219,38 @@ def rms_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return pairwise_distances(a, b) / math.sqrt(np.asarray(a).shape[1])
 
 
+def nearest_rows(a: np.ndarray, b: np.ndarray, chunk: Optional[int] = None):
+    """(index of the nearest row of `b`, its Euclidean distance) for every row of `a`, `chunk` rows of `a` at a
+    time (None: PAIRWISE_CHUNK), so memory is chunk x len(b) whatever len(a) is."""
+    chunk = chunk or PAIRWISE_CHUNK
+    nearest = np.empty(len(a), dtype=np.int64)
+    distance = np.empty(len(a), dtype=np.float64)
+    for start, stop in _batches(len(a), chunk):
+        block = pairwise_distances(a[start:stop], b, chunk=chunk)
+        nearest[start:stop] = block.argmin(axis=1)
+        distance[start:stop] = block[np.arange(stop - start), nearest[start:stop]]
+    return nearest, distance
+
+
+def file_pixel_descriptors(paths: Sequence[PathLike], size: int = PIXEL_DESCRIPTOR_SIZE,
+                           batch_size: int = FILE_BATCH, progress: bool = False) -> np.ndarray:
+    """pixel_descriptors of image files, decoded `batch_size` at a time: 10,000 fakes at 256 px would be 2 GB
+    as one array, their descriptors are 80 MB. All files are read at the first file's size, as
+    read_image_files does."""
+    from tqdm.auto import tqdm
+
+    paths = list(paths)
+    if not paths:
+        raise UserError("No image files were given.", "Pass at least one fake image path.")
+    first = read_image_files(paths[:1])
+    shape = (first.shape[-1], first.shape[-2])  # PIL's (width, height)
+    out = np.empty((len(paths), size * size), dtype=np.float64)
+    for start, stop in tqdm(list(_batches(len(paths), batch_size)), desc="reading images", unit="batch",
+                            disable=not progress, leave=False):
+        out[start:stop] = pixel_descriptors(read_image_files(paths[start:stop], size=shape), size=size)
+    return out
+
+
 @dataclass
 class MemorisationReport:
     """For each fake: the index of the nearest real image and the RMS pixel difference to it (0..1)."""
@@ -249,12 +288,19 @@ def memorisation(fake_images, real_images, threshold: Optional[float] = None,
     times the median distance between a real image and its nearest other real image (estimated on at most
     `max_reference` reals), so the rule adapts to how alike the training images are.
     """
-    fakes, reals = pixel_descriptors(fake_images), pixel_descriptors(real_images)
+    return memorisation_of_descriptors(pixel_descriptors(fake_images), pixel_descriptors(real_images),
+                                       threshold=threshold, threshold_ratio=threshold_ratio,
+                                       max_reference=max_reference, seed=seed)
+
+
+def memorisation_of_descriptors(fakes: np.ndarray, reals: np.ndarray, threshold: Optional[float] = None,
+                                threshold_ratio: float = MEMORISATION_RATIO, max_reference: int = 5000,
+                                seed: int = 0) -> MemorisationReport:
+    """`memorisation` from pixel_descriptors already made (file_pixel_descriptors streams them from files)."""
     if len(reals) < 2:
         raise UserError("Memorisation needs at least 2 real images.", "Use a dataset with more images.")
-    fake_to_real = rms_distances(fakes, reals)
-    nearest = fake_to_real.argmin(axis=1)
-    distance = fake_to_real[np.arange(len(fakes)), nearest]
+    nearest, distance = nearest_rows(fakes, reals)  # in chunks: never the whole fake x real matrix
+    distance = distance / math.sqrt(reals.shape[1])  # Euclidean -> RMS per pixel
     reference = reals
     if len(reference) > max_reference:
         reference = reference[np.random.default_rng(seed).choice(len(reference), max_reference, replace=False)]
@@ -266,12 +312,13 @@ def memorisation(fake_images, real_images, threshold: Optional[float] = None,
                               typical_real_gap=typical_gap)
 
 
-def read_image_files(paths: Sequence[PathLike], progress: bool = False) -> np.ndarray:
-    """Image files -> uint8 [N, 3, H, W] (all resized to the first file's size). Only reads the files."""
+def read_image_files(paths: Sequence[PathLike], progress: bool = False, size=None) -> np.ndarray:
+    """Image files -> uint8 [N, 3, H, W] (all resized to `size` = (width, height) px, by default the first
+    file's size). Only reads the files."""
     from PIL import Image
     from tqdm.auto import tqdm
 
-    arrays, size = [], None
+    arrays, size = [], (tuple(size) if size is not None else None)
     for path in tqdm(list(paths), desc="reading images", unit="img", disable=not progress, leave=False):
         try:
             with Image.open(path) as image:
@@ -295,8 +342,10 @@ def memorised_fake_paths(fake_paths: Sequence[PathLike], real_images, threshold:
     fake_paths = [Path(p) for p in fake_paths]
     if not fake_paths:
         return []
-    report = memorisation(read_image_files(fake_paths, progress=progress), real_images, threshold=threshold,
-                          threshold_ratio=threshold_ratio)
+    # Descriptors streamed from the files: the fakes are never all in memory at full size.
+    report = memorisation_of_descriptors(file_pixel_descriptors(fake_paths, progress=progress),
+                                         pixel_descriptors(real_images), threshold=threshold,
+                                         threshold_ratio=threshold_ratio)
     return [path for path, flagged in zip(fake_paths, report.flagged) if flagged]
 
 

@@ -44,6 +44,7 @@ def run_make_demo_data(args: argparse.Namespace) -> int:
     settings = DemoDataSettings.from_args(args)
     path = make_demo_mura(settings.out, patients=settings.patients, seed=settings.seed,
                           body_parts=settings.body_parts, as_zip=settings.as_zip, progress=True,
-                          subtlety=settings.subtlety, positive_share=settings.positive_share)
+                          subtlety=settings.subtlety, positive_share=settings.positive_share,
+                          like_mura=settings.like_mura is not None, scale=settings.scale, workers=settings.workers)
     print(f"demo MURA written: {path}")
     return 0

@@ -25,6 +25,7 @@ Deterministic per seed: the same arguments give byte-identical files.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -34,7 +35,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -54,6 +55,7 @@ DEFAULT_SUBTLETY = 0.6
 FAINT_SIGN_STRENGTH = (0.0, 0.3)
 RGB_FRACTION = 0.1  # share of images saved as 3-channel PNG (the real MURA has some)
 MIN_SIDE_PX, MAX_SIDE_PX = 256, 512  # image height / width range in pixels
+POOL_MIN_IMAGES = 64  # fewer images are drawn in-process: starting spawned workers costs seconds
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,31 @@ def plan_tree(patients: int, seed: int, body_parts: Sequence[str],
                                                       view, int(rng.integers(0, 2**31 - 1))))
                 next_patient += 1
             images.extend(_ensure_both_classes(split_images))
+    return images
+
+
+def plan_like_mura(seed: int, body_parts: Sequence[str], scale: float = 1.0) -> List[DemoImage]:
+    """Every image of a tree with real MURA-v1.1's counts per body part and split, times `scale` (0-1].
+
+    The counts and the study layout come from prepare/mura_counts.py. Patients are numbered as in MURA: all
+    train patients first (body part by body part), then the valid ones. Deterministic per seed; each body part
+    and split draws from its own stream, so the shoulder images of `all` are those of XR_SHOULDER alone.
+    """
+    from mura_aug.prepare.mura_counts import check_scale, layout_studies
+
+    scale = check_scale(scale)
+    images: List[DemoImage] = []
+    next_patient = 1
+    for split_number, split in enumerate(("train", "valid")):
+        for body_part in body_parts:
+            stream = (int(seed), BODY_PARTS.index(body_part), split_number)
+            rng = np.random.default_rng(stream)
+            studies = layout_studies(body_part, split, scale, rng)
+            for study in studies:
+                for view in range(1, study.views + 1):
+                    images.append(DemoImage(split, body_part, next_patient + study.patient, study.study_number,
+                                            study.positive, view, int(rng.integers(0, 2**31 - 1))))
+            next_patient += studies[-1].patient + 1
     return images
 
 
@@ -271,20 +298,31 @@ def csv_texts(images: Sequence[DemoImage]) -> dict:
 def make_demo_mura(out_dir: Union[str, os.PathLike], patients: int = DEFAULT_PATIENTS, seed: int = 0,
                    body_parts: Sequence[str] = (DEFAULT_BODY_PART,), as_zip: bool = False,
                    progress: bool = False, subtlety: float = DEFAULT_SUBTLETY,
-                   positive_share: float = DEFAULT_POSITIVE_SHARE) -> Path:
+                   positive_share: float = DEFAULT_POSITIVE_SHARE, like_mura: bool = False, scale: float = 1.0,
+                   workers: Optional[int] = 1) -> Path:
     """Write a demo MURA-v1.1 tree into `out_dir` and return the `MURA-v1.1` folder (or the zip file).
 
     patients: patients per body part (about 20 % of them go to valid); about 5 images per patient.
     subtlety, positive_share: how hard the abnormality is to tell (module docstring; EASY_SUBTLETY for a
     sign any classifier learns).
+    like_mura: instead, real MURA-v1.1's counts of patients, studies, images and abnormal studies per body part
+        and split (prepare/mura_counts.py), times `scale` (0-1]; `patients` and `positive_share` are then not
+        used (MURA's own abnormal share per body part is).
+    workers: processes drawing images (None: one per CPU core); the files do not depend on it.
     A rerun with the same arguments returns the existing tree at once. A folder that is not ours is never
     overwritten.
     """
     body_parts = _check_arguments(patients, body_parts)
     subtlety, positive_share = difficulty_of(subtlety, positive_share)
     out_dir = Path(out_dir).expanduser()
-    settings = {"patients": int(patients), "seed": int(seed), "body_parts": list(body_parts), "version": 1,
-                "subtlety": subtlety, "positive_share": positive_share}
+    if like_mura:
+        from mura_aug.prepare.mura_counts import check_scale
+
+        settings = {"like_mura": True, "scale": check_scale(scale), "seed": int(seed), "body_parts": list(body_parts),
+                    "version": 1, "subtlety": subtlety}
+    else:
+        settings = {"patients": int(patients), "seed": int(seed), "body_parts": list(body_parts), "version": 1,
+                    "subtlety": subtlety, "positive_share": positive_share}
     target = out_dir / ("MURA-v1.1.zip" if as_zip else "MURA-v1.1")
     if _is_same_demo(target, settings):
         return target
@@ -297,18 +335,40 @@ def make_demo_mura(out_dir: Union[str, os.PathLike], patients: int = DEFAULT_PAT
         raise UserError(f"Cannot create the demo data folder {out_dir}: {exc.strerror}.",
                         "Pass an --out folder you can write to.") from exc
 
-    images = plan_tree(patients, seed, body_parts, positive_share)
+    images = (plan_like_mura(seed, body_parts, scale) if like_mura
+              else plan_tree(patients, seed, body_parts, positive_share))
     files = {"MURA-v1.1/" + name: text.encode() for name, text in csv_texts(images).items()}
     from tqdm.auto import tqdm
 
-    pngs = ((im.member, encode_png(im, subtlety)) for im in images)
-    pngs = tqdm(pngs, total=len(images), desc="demo radiographs", unit="img", disable=not progress)
     marker = json.dumps(settings).encode()
-    if as_zip:
-        _write_zip(target, files, pngs, marker)
-    else:
-        _write_folder(target, files, pngs, marker)
+    with _drawn(images, workers, subtlety) as pngs:
+        pngs = tqdm(pngs, total=len(images), desc="demo radiographs", unit="img", disable=not progress)
+        if as_zip:
+            _write_zip(target, files, pngs, marker)
+        else:
+            _write_folder(target, files, pngs, marker)
     return target
+
+
+def _member_png(plan_item: DemoImage, subtlety: float) -> Tuple[str, bytes]:
+    return plan_item.member, encode_png(plan_item, subtlety)
+
+
+@contextlib.contextmanager
+def _drawn(images: Sequence[DemoImage], workers: Optional[int], subtlety: float
+           ) -> Iterator[Iterator[Tuple[str, bytes]]]:
+    """(member, PNG bytes) in plan order, drawn in this process or by a pool of `workers` processes."""
+    count = (os.cpu_count() or 1) if workers is None else int(workers)
+    if count <= 1 or len(images) < POOL_MIN_IMAGES:
+        yield (_member_png(im, subtlety) for im in images)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked notebook kernel can deadlock. map() keeps the plan order; writing a PNG is far
+    # faster than drawing one, so finished PNGs (about 60 KB each) do not pile up at any tree size.
+    with ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn")) as executor:
+        yield executor.map(_member_png, images, [subtlety] * len(images), chunksize=16)
 
 
 def _check_arguments(patients: int, body_parts: Sequence[str]) -> Tuple[str, ...]:

@@ -91,6 +91,14 @@ class DemoDataSettings(StageSettings):
         "strength (any classifier learns it), 1 often invisible", notebook=False)
     positive_share: float = setting(DEFAULT_POSITIVE_SHARE, "share of studies that are abnormal (above 0, below 1)",
                                     notebook=False)
+    like_mura: Optional[List[str]] = setting(
+        None, "draw these body parts (or all) with real MURA-v1.1's counts of patients, studies per patient, images "
+        "per study, abnormal studies and train/valid split, instead of --patients per body part (XR_SHOULDER: "
+        "8379 train + 563 valid images)", metavar="BODY_PART", notebook=False)
+    scale: float = setting(1.0, "share of MURA's counts drawn with --like-mura (0.125: an eighth, for benchmarks)",
+                           notebook=False)
+    workers: Optional[int] = setting(None, "processes drawing images; none: one per CPU core (the files do not "
+                                     "depend on it)", notebook=False)
 
     def check(self) -> "DemoDataSettings":
         super().check()
@@ -99,6 +107,17 @@ class DemoDataSettings(StageSettings):
                             f"Pass {flag_name('out')} DIR (a new folder; existing MURA data is never overwritten).")
         self.subtlety, self.positive_share = difficulty_of(
             self.subtlety, self.positive_share, names=(flag_name("subtlety"), flag_name("positive_share")))
+        if self.like_mura is not None:
+            self.body_parts = list(self.like_mura)
+        elif self.scale != 1.0:
+            raise UserError(f"{flag_name('scale')} {self.scale:g} was given without {flag_name('like_mura')}.",
+                            f"Add {flag_name('like_mura')} XR_SHOULDER (or all), or leave out {flag_name('scale')}.")
+        from mura_aug.prepare.mura_counts import check_scale
+
+        self.scale = check_scale(self.scale)
+        if self.workers is not None:
+            self.workers = _whole_number_at_least(1, "workers", self.workers,
+                                                  f"Use none (one per CPU core) or 1 or more ({flag_name('workers')}).")
         return self
 
 

@@ -59,28 +59,54 @@ def load_rgb_batch(paths: Sequence[Path], size: int) -> np.ndarray:
 
 # --- near-duplicates ----------------------------------------------------------------------------------------
 
+DUPLICATE_BLOCK = 256  # fakes judged per step: their distances to every kept fake are one matrix op
+
+
 def near_duplicates(paths: Sequence[Path], threshold: float, thumb_px: int = DUPLICATE_THUMB_PX
                     ) -> Dict[int, Tuple[int, float]]:
     """Indices of images that are near-duplicates of an earlier one -> (index of that one, distance).
 
     distance = mean absolute difference of `thumb_px` grey thumbnails, in grey levels (0-255);
-    an image closer than `threshold` to an earlier kept image is a duplicate.
+    an image closer than `threshold` to an earlier kept image is a duplicate (the nearest kept one, the
+    earliest on a tie).
+
+    Every fake is compared with every earlier kept one, so the work grows with the square of the count
+    (10,000 fakes: 50 million pairs); it is done DUPLICATE_BLOCK fakes at a time as one distance matrix
+    against the kept ones (block x kept floats), then inside the block in order.
     """
-    thumbs = []
-    for path in paths:
-        thumbs.append(np.asarray(open_gray(path).resize((thumb_px, thumb_px), Image.BILINEAR),
-                                 dtype=np.float32).ravel())
+    import torch
+
+    dim = thumb_px * thumb_px
+    thumbs = np.empty((len(paths), dim), dtype=np.float32)
+    for index, path in enumerate(paths):
+        thumbs[index] = np.asarray(open_gray(path).resize((thumb_px, thumb_px), Image.BILINEAR),
+                                   dtype=np.float32).ravel()
     duplicates: Dict[int, Tuple[int, float]] = {}
-    kept: List[int] = []
-    stack = np.stack(thumbs) if thumbs else np.zeros([0, thumb_px * thumb_px], np.float32)
-    for i in range(len(thumbs)):
-        if kept:
-            distances = np.abs(stack[kept] - stack[i]).mean(axis=1)
-            j = int(np.argmin(distances))
-            if distances[j] < threshold:
-                duplicates[i] = (kept[j], float(distances[j]))
-                continue
-        kept.append(i)
+    kept = np.empty(len(paths), dtype=np.int64)  # indices of kept images, in order; the first n_kept are valid
+    n_kept = 0
+    all_thumbs = torch.from_numpy(thumbs)
+    for start in range(0, len(paths), DUPLICATE_BLOCK):
+        block = all_thumbs[start:start + DUPLICATE_BLOCK]
+        if n_kept:
+            to_kept = torch.cdist(block, all_thumbs[torch.from_numpy(kept[:n_kept])], p=1).numpy() / dim
+            before_best = to_kept.argmin(axis=1)
+            before_distance = to_kept[np.arange(len(block)), before_best]
+        inside = torch.cdist(block, block, p=1).numpy() / dim
+        block_kept: List[int] = []  # positions in the block kept so far
+        for row in range(len(block)):
+            best, distance = -1, math.inf
+            if n_kept:
+                best, distance = int(kept[before_best[row]]), float(before_distance[row])
+            if block_kept:
+                nearest = block_kept[int(np.argmin(inside[row, block_kept]))]
+                if inside[row, nearest] < distance:  # strictly nearer: earlier kept images win ties
+                    best, distance = start + nearest, float(inside[row, nearest])
+            if distance < threshold:
+                duplicates[start + row] = (best, distance)
+            else:
+                block_kept.append(row)
+        kept[n_kept:n_kept + len(block_kept)] = [start + row for row in block_kept]
+        n_kept += len(block_kept)
     return duplicates
 
 
@@ -241,11 +267,16 @@ def memorised_fakes(workspace: Workspace, body_part: str, cls: str, paths: Seque
     from mura_aug import metrics
     from mura_aug.gan.dataset import load_real_images
 
-    fakes = metrics.read_image_files(paths)
-    resolution = int(fakes.shape[-1])
+    from mura_aug.metrics.measures import file_pixel_descriptors, memorisation_of_descriptors, pixel_descriptors
+
+    if not paths:
+        return {}
+    resolution = int(metrics.read_image_files(paths[:1]).shape[-1])
     check_memorisation_dataset(workspace, body_part, cls, resolution)
     reals, names = load_real_images(workspace, body_part, cls, resolution)
-    report = metrics.memorisation(fakes, reals, threshold=threshold)
+    # Fakes streamed into 32 px descriptors (10,000 fakes at 256 px would be 2 GB as one array).
+    report = memorisation_of_descriptors(file_pixel_descriptors(paths), pixel_descriptors(reals),
+                                         threshold=threshold)
     return {i: (str(names[report.nearest_real[i]]), float(report.distance[i]), report.threshold)
             for i in np.flatnonzero(report.flagged)}
 

@@ -1,0 +1,243 @@
+"""MURA-scale rehearsal (issue 19): `make-demo-data --like-mura` draws real MURA-v1.1's counts, per seed."""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mura_aug import cli
+from mura_aug.errors import UserError
+from mura_aug.prepare import demo_data
+from mura_aug.prepare.demo_data import make_demo_mura, plan_like_mura
+from mura_aug.prepare.mura import BODY_PARTS, index_mura
+from mura_aug.prepare.mura_counts import MURA_COUNTS, STUDIES_PER_PATIENT
+
+
+def _studies(images):
+    return {(im.split, im.patient_id, im.study_number): im.positive for im in images}
+
+
+def test_full_scale_plan_has_muras_counts_per_body_part_and_split():
+    images = plan_like_mura(seed=0, body_parts=BODY_PARTS)
+    assert Counter(im.split for im in images) == {"train": 36808, "valid": 3197}
+    for body_part, (train, valid) in MURA_COUNTS.items():
+        for split, counts in (("train", train), ("valid", valid)):
+            mine = [im for im in images if im.body_part == body_part and im.split == split]
+            studies = _studies(mine)
+            assert len(mine) == counts.images
+            assert sum(studies.values()) == counts.abnormal_studies
+            assert len(studies) - sum(studies.values()) == counts.normal_studies
+            patients = {im.patient_id for im in mine}
+            assert len(patients) == round(counts.studies / STUDIES_PER_PATIENT[split])
+    train_patients = {im.patient_id for im in images if im.split == "train"}
+    valid_patients = {im.patient_id for im in images if im.split == "valid"}
+    assert max(train_patients) < min(valid_patients)  # numbered as in MURA: train first
+
+
+def test_plan_is_deterministic_per_seed_and_scales():
+    shoulder = plan_like_mura(seed=1, body_parts=["XR_SHOULDER"], scale=0.5)
+    assert shoulder == plan_like_mura(seed=1, body_parts=["XR_SHOULDER"], scale=0.5)
+    assert shoulder != plan_like_mura(seed=2, body_parts=["XR_SHOULDER"], scale=0.5)
+    assert Counter(im.split for im in shoulder) == {"train": round(8379 / 2), "valid": round(563 / 2)}
+    # The shoulder of `all` draws the same images as the shoulder alone.
+    everything = plan_like_mura(seed=1, body_parts=BODY_PARTS, scale=0.5)
+    assert [im.seed for im in everything if im.body_part == "XR_SHOULDER"] == [im.seed for im in shoulder]
+    with pytest.raises(UserError, match="scale"):
+        plan_like_mura(seed=1, body_parts=["XR_SHOULDER"], scale=1.5)
+
+
+def _tree_digest(root: Path) -> str:
+    digest = hashlib.sha1()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_tree_at_a_small_scale_indexes_as_mura_and_workers_do_not_change_bytes(tmp_path, monkeypatch):
+    one = make_demo_mura(tmp_path / "one", body_parts=["XR_HUMERUS"], like_mura=True, scale=0.02, seed=4,
+                         workers=1)
+    index = index_mura(one, "XR_HUMERUS")
+    assert len(index.images) == round(1272 * 0.02) + round(288 * 0.02)
+    assert set(index.images["class"]) == {"positive", "negative"}
+    monkeypatch.setattr(demo_data, "POOL_MIN_IMAGES", 0)  # use the process pool even for this small tree
+    two = make_demo_mura(tmp_path / "two", body_parts=["XR_HUMERUS"], like_mura=True, scale=0.02, seed=4,
+                         workers=2)
+    assert _tree_digest(one) == _tree_digest(two)
+
+
+def test_cli_like_mura_and_a_scale_without_it(tmp_path, capsys):
+    assert cli.main(["make-demo-data", "--out", str(tmp_path), "--like-mura", "XR_HUMERUS", "--scale", "0.01",
+                     "--workers", "1"]) == 0
+    assert len(index_mura(tmp_path / "MURA-v1.1", "XR_HUMERUS").images) == round(1272 * 0.01) + round(288 * 0.01)
+    with pytest.raises(UserError, match="--like-mura"):
+        from mura_aug.prepare.settings import DemoDataSettings
+
+        DemoDataSettings(out=str(tmp_path), scale=0.5).check()
+
+
+# --- stage 01 throughput: OpenCV's PNG codec gives Pillow's pixels; copies are flushed once ----------------
+
+def _png(image, **options) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def pillow_only(monkeypatch):
+    from mura_aug import imaging
+
+    monkeypatch.setattr(imaging, "_OPENCV", None)
+
+
+def test_opencv_decode_and_encode_give_pillows_pixels(monkeypatch):
+    pytest.importorskip("cv2")
+    import numpy as np
+    from PIL import Image
+
+    from mura_aug import imaging
+
+    monkeypatch.setattr(imaging, "_OPENCV", imaging._NOT_LOADED)
+    monkeypatch.delenv(imaging.OPENCV_SWITCH, raising=False)
+    assert imaging.png_codec() == "opencv"
+    rng = np.random.default_rng(0)
+    grey = Image.fromarray(rng.integers(0, 256, (70, 90), dtype=np.uint8))
+    rgb = Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    for image in (grey, rgb):
+        data = _png(image)
+        fast = imaging.open_image(data)
+        monkeypatch.setattr(imaging, "_OPENCV", None)
+        slow = imaging.open_image(data)
+        monkeypatch.setattr(imaging, "_OPENCV", imaging._NOT_LOADED)
+        assert fast.mode == slow.mode == "L"
+        assert np.array_equal(np.asarray(fast), np.asarray(slow))
+        encoded = imaging.encode_png_fast(image, 4)
+        assert encoded != imaging.encode_png(image, 4)  # OpenCV wrote it ...
+        assert np.array_equal(np.asarray(Image.open(__import__("io").BytesIO(encoded))), np.asarray(image))  # ... losslessly
+    # A truncated file is refused with Pillow's words, whoever decodes first.
+    with pytest.raises(imaging.ImageProblem, match="truncated or corrupt"):
+        imaging.open_image(_png(grey)[:-200])
+
+
+def test_without_opencv_pillow_does_everything(pillow_only):
+    import numpy as np
+    from PIL import Image
+
+    from mura_aug import imaging
+
+    assert imaging.png_codec() == "pillow"
+    image = Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64))
+    assert imaging.encode_png_fast(image, 4) == imaging.encode_png(image, 4)
+    assert np.array_equal(np.asarray(imaging.open_image(_png(image))), np.asarray(image))
+
+
+def test_copies_are_flushed_once_before_the_state_records_them(tmp_path, monkeypatch):
+    import os
+
+    from mura_aug.prepare.settings import PrepareSettings
+    from mura_aug.prepare.stage import run_stage
+
+    mura = make_demo_mura(tmp_path / "mura", patients=4, seed=1)
+    events = []
+    real_fsync, real_sync, real_replace = os.fsync, os.sync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "sync", lambda: (events.append("sync"), real_sync())[1])
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(Path(dst).name), real_replace(src, dst))[1])
+    summary = run_stage(tmp_path / "ws", PrepareSettings(mura_path=str(mura), resolution=16, workers=1),
+                        progress=False)
+    copies = summary["copies"]["copied"]
+    assert copies > 10
+    state = ".XR_SHOULDER_prepare_state.json"
+    assert events.count("sync") == 1 and events.index("sync") < events.index(state)
+    copy_events = [i for i, name in enumerate(events) if name.startswith("XR_SHOULDER_train_patient")]
+    assert len(copy_events) == copies - sum(1 for name in events if name.startswith("XR_SHOULDER_valid_patient"))
+    assert events.index("sync") > copy_events[-1]
+    assert "fsync" not in events[copy_events[0]:copy_events[-1]]  # two per copy before
+
+
+# --- pairwise stages stay chunked: memory bounded whatever the counts ----------------------------------------
+
+def test_memorisation_and_precision_recall_never_hold_the_whole_pairwise_matrix(monkeypatch):
+    import tracemalloc
+
+    import numpy as np
+
+    from mura_aug.metrics import measures
+
+    rng = np.random.default_rng(0)
+    fakes, reals = rng.random((4000, 64)), rng.random((3000, 64))
+    full_matrix = 4000 * 3000 * 8  # bytes of the fake x real float64 distance matrix: 96 MB
+    monkeypatch.setattr(measures, "PAIRWISE_CHUNK", 100)
+    for name, call in (("memorisation", lambda: measures.memorisation_of_descriptors(fakes, reals)),
+                       ("precision_recall", lambda: measures.precision_recall(reals, fakes, k=3))):
+        tracemalloc.start()
+        call()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < full_matrix / 4, f"{name} held {peak / 2**20:.0f} MB: it stopped working in chunks"
+    # Chunking changes nothing: the same nearest reals and distances as the whole matrix at once.
+    nearest, distance = measures.nearest_rows(fakes[:300], reals, chunk=64)
+    whole = measures.pairwise_distances(fakes[:300], reals, chunk=10_000)
+    assert np.array_equal(nearest, whole.argmin(axis=1))
+    assert np.allclose(distance, whole.min(axis=1), rtol=0, atol=1e-12)
+
+
+def test_near_duplicates_compare_in_bounded_blocks_and_keep_the_greedy_rule(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mura_aug.synth import filters
+
+    rng = np.random.default_rng(1)
+    bases = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(40)]
+    paths, expected = [], {}
+    first_of = {}
+    for index in range(200):
+        base = int(rng.integers(0, len(bases)))
+        noise = rng.integers(-1, 2, (32, 32)) if base in first_of else 0
+        Image.fromarray(np.clip(bases[base].astype(int) + noise, 0, 255).astype(np.uint8)).save(
+            tmp_path / f"{index:03d}.png")
+        paths.append(tmp_path / f"{index:03d}.png")
+        if base in first_of:
+            expected[index] = first_of[base]
+        else:
+            first_of[base] = index
+    shapes = []
+    real_cdist = torch.cdist
+    monkeypatch.setattr(torch, "cdist", lambda a, b, p: (shapes.append((len(a), len(b))), real_cdist(a, b, p=p))[1])
+    monkeypatch.setattr(filters, "DUPLICATE_BLOCK", 16)
+    duplicates = filters.near_duplicates(paths, threshold=3.0)
+    assert {i: j for i, (j, _) in duplicates.items()} == expected
+    assert all(distance < 1.0 for _, distance in duplicates.values())
+    assert shapes and max(rows for rows, _ in shapes) <= 16  # never all fakes against all at once
+    assert max(rows * cols for rows, cols in shapes) <= 16 * len(first_of)
+
+
+def test_gan_training_array_is_written_image_by_image(tmp_path):
+    import tracemalloc
+
+    import numpy as np
+
+    from gan_datasets import make_dataset
+    from mura_aug.gan.dataset import load_training_images, read_dataset_zip
+
+    load_training_images(make_dataset(tmp_path / "warm", "positive", res=16, count=2), "XR_SHOULDER", "positive",
+                         16)  # imports and first-use caches are not what is measured
+    workspace = make_dataset(tmp_path / "ws", "positive", res=64, count=48)
+    make_dataset(tmp_path / "ws", "negative", res=64, count=32)
+    array_bytes = 80 * 3 * 64 * 64
+    tracemalloc.start()
+    images, labels = load_training_images(workspace, "XR_SHOULDER", "both", 64)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < array_bytes / 4, f"loading held {peak} bytes for a {array_bytes}-byte array"
+    negatives, _ = read_dataset_zip(workspace.dataset_zip("XR_SHOULDER", "negative", 64))
+    positives, _ = read_dataset_zip(workspace.dataset_zip("XR_SHOULDER", "positive", 64))
+    assert np.array_equal(np.asarray(images), np.concatenate([negatives, positives]))
+    assert labels.tolist() == [0] * 32 + [1] * 48
