@@ -413,7 +413,7 @@ def write_results(checks, figures, versions):
     except OSError:
         pass
     lines = ["# Classroom widgets in a real browser, 1366 x 768 (manual check)", "",
-             "Written by `python docs/screenshots/check_widgets.py --workspace /tmp/widgets_ws` "
+             f"Written by `python {' '.join(sys.argv)}` "
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}): notebook 05 on the demo workspace, run live "
              "in JupyterLab in headless Chromium with a 1366 x 768 px page (JupyterLab's default layout, file "
              "browser open).", "",

@@ -12,6 +12,7 @@ import html
 import io
 import os
 import random
+import time
 import uuid
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -199,6 +200,10 @@ class GeneratorExplorer:
     def num_ws(self, cls: str) -> int:
         return int(self._generator(cls).num_ws)
 
+    def resolution(self, cls: str) -> int:
+        """Side (px) of the images of `cls`'s generator."""
+        return int(self._generator(cls).img_resolution)
+
     def _generator(self, cls: str):
         if cls not in self.generators:
             raise UserError(f"No generator for class {cls!r}.", f"Choose one of {', '.join(self.generators)}.")
@@ -249,13 +254,11 @@ def explorer_widget(explorer: GeneratorExplorer, display_px: int = DISPLAY_PX, c
 
     `continuous`: sliders redraw while dragged (True) or on release (False); None decides by how long the
     first image took (SMOOTH_RENDER_S), so a slow generator does not queue one image per mouse position."""
-    import time
-
     import ipywidgets as w
 
     first = explorer.classes[0]
     num_ws = explorer.num_ws(first)
-    side = explorer._generator(first).img_resolution
+    side = explorer.resolution(first)
     box = w.HBox(layout=w.Layout(align_items="flex-start"))
     # descriptions are one width so the controls line up; the column fits CONTROLS_PX
     look = dict(style={"description_width": "78px"}, layout=w.Layout(width=f"{CONTROLS_PX}px"))
