@@ -144,7 +144,9 @@ def main() -> None:
                      f"{row['load_sec']:.2f} s | "
                      f"{row['resume_to_first_step_sec']:.1f} s | "
                      f"{row['resume_process_total_sec']:.1f} s |")
-    lines += ["", "Raw: " + json.dumps(rows), ""]
+    lines += ["", "Reading (issue 16): with the default `--staging auto` a local-disk workspace is written directly, "
+              "as before. `--staging on` (and Google Drive, detected) adds one copy, one read-back and two SHA-256 "
+              "passes of each state, once per snapshot.", "", "Raw: " + json.dumps(rows), ""]
     out = REPO / "bench" / "results" / "snapshot.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
