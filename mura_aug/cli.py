@@ -78,6 +78,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"error: {from_os_error(exc, f'running {command}')}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a stage that saved its work first says what it kept
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         return 130

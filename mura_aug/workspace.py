@@ -381,11 +381,18 @@ class Workspace:
         stem = f"{body_part}_{label}_{int(resolution)}_{key}"
         return self.training_arrays / f"{stem}.images.npy", self.training_arrays / f"{stem}.labels.npy"
 
+    def training_array_check(self, body_part: str, label: str, resolution: int, key: str) -> Path:
+        """<stem>.check.json beside the two arrays: their sizes and SHA-256, checked before each use."""
+        check_name("body part", body_part)
+        return self.training_arrays / f"{body_part}_{label}_{int(resolution)}_{key}.check.json"
+
     def stale_training_arrays(self, body_part: str, label: str, resolution: int) -> List[Path]:
-        """Every cached array of this body part, label and resolution (older versions included)."""
+        """Every cached array (and check file) of this body part, label and resolution, older versions included."""
         if not self.training_arrays.is_dir():
             return []
-        return sorted(self.training_arrays.glob(f"{body_part}_{label}_{int(resolution)}_*.npy"))
+        stem = f"{body_part}_{label}_{int(resolution)}_"
+        return sorted(path for pattern in (f"{stem}*.npy", f"{stem}*.check.json")
+                      for path in self.training_arrays.glob(pattern))
 
     @property
     def weights_cache(self) -> Path:

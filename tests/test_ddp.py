@@ -174,7 +174,7 @@ def test_stopping_torchrun_ends_every_rank_with_a_final_state(workspaces, tmp_pa
         os.kill(process.pid, signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     reports = {rank: json.loads((report_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)}
-    assert reports[0]["status"] == 0 and reports[1]["status"] == 0, output[-3000:]
+    assert reports[0]["status"] == 130 and reports[1]["status"] == 130, output[-3000:]  # an interrupt, saved
     assert reports[1]["writes"] == []
     assert "the final state is saved" in output
     last = snap.read_stats(workspace.experiments / RUN)[-1]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -190,3 +193,362 @@ def test_outputs_get_the_users_permissions_not_private_ones(tmp_path, umask, mod
                             text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == oct(mode)
+
+
+# =========================================================================================================
+# Issue 15, the training side: a run is its folder, a state proves what it is, cached arrays are checked,
+# file-system errors in training are messages, refused files are called what they are, an interrupt exits 130.
+# =========================================================================================================
+
+class RunsAShellCommand:
+    """Unpickling this would create `marker` (a file that must never appear)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def evil_torch_file(path, marker: Path, zip_format: bool = True, **payload):
+    import torch
+
+    torch.save({"format": "mura_aug.state", "G_kwargs": {}, "G_ema": {}, **payload,
+                "hook": RunsAShellCommand(marker)}, path, _use_new_zipfile_serialization=zip_format)
+    return path
+
+
+def assert_refused_plainly(text: str, path: Path) -> None:
+    assert "this file could not be verified as a safe weights-only file; it was not loaded" in text
+    assert str(path) in text or path.name in text
+    for misleading in ("weights_only=False", "weights_only` set to `False", "truncated", "arbitrary code"):
+        assert misleading not in text
+
+
+# --- refused files: what is true, never torch's advice to switch the check off --------------------------
+
+def test_a_refused_pt_file_is_called_unverifiable_everywhere_it_is_loaded(tmp_path, capsys):
+    from mura_aug.gan.network_file import load_generator
+    from mura_aug.gan.transfer import load_transfer_weights
+
+    marker = tmp_path / "code-ran"
+    evil = evil_torch_file(tmp_path / "network-000001.000kimg.pt", marker)
+    with pytest.raises(UserError) as caught:
+        load_generator(evil)
+    assert_refused_plainly(str(caught.value), evil)
+    with pytest.raises(UserError) as caught:
+        load_transfer_weights(str(evil), Workspace(tmp_path / "ws"), log=lambda text: None)
+    assert_refused_plainly(str(caught.value), evil)
+    status = cli.main(["train", "--workspace", str(tmp_path / "ws"), "--label", "positive", "--cfg", "tiny",
+                       "--resume", str(evil), "--device", "cpu", "--no-progress"])
+    assert status == 2
+    assert_refused_plainly(capsys.readouterr().err, evil)
+    assert not marker.exists()
+
+
+def test_a_refused_state_in_a_run_folder_is_skipped_as_unverifiable(tmp_path):
+    from mura_aug.gan import snapshot
+
+    marker = tmp_path / "code-ran"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    evil = evil_torch_file(run_dir / "state-000009.000kimg.pt", marker)
+    messages = []
+    with pytest.warns(RuntimeWarning) as caught:
+        info, state = snapshot.load_newest_state(run_dir, log=messages.append)
+    assert info is None and state is None
+    assert_refused_plainly(str(caught[0].message), evil)
+    assert_refused_plainly(messages[0], evil)
+    assert not marker.exists()
+
+
+def test_a_storage_inside_an_nvlabs_pickle_that_names_code_is_refused_plainly(tmp_path):
+    import io
+    import pickle
+
+    from mura_aug.gan.nvlabs import load_nvlabs_pkl
+
+    marker = tmp_path / "code-ran"
+    inner = io.BytesIO()
+    evil_torch_file(inner, marker, zip_format=False)  # the storages of NVlabs' pickles are of torch 1.x
+
+    class StorageBytes:  # pickles as torch.storage._load_from_bytes(<a torch.save file>), as NVlabs' do
+        def __reduce__(self):
+            import torch.storage
+
+            return (torch.storage._load_from_bytes, (inner.getvalue(),))
+
+    path = tmp_path / "network-snapshot-000000.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": StorageBytes()}, protocol=4))
+    with pytest.raises(UserError) as caught:
+        load_nvlabs_pkl(path)
+    text = str(caught.value)
+    assert "this file could not be verified as a safe weights-only file; it was not loaded" in text
+    assert "weights_only` set to `False" not in text and "truncated" not in text
+    assert not marker.exists()
+
+
+# --- an interrupt ends `train` with status 130, whatever was saved ---------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_train_exits_130_after_an_interrupt_so_that_train_and_synth_stops(tmp_path, signum):
+    from gan_datasets import make_dataset
+    from mura_aug.gan import snapshot
+
+    workspace = make_dataset(tmp_path / "ws")
+    run_dir = workspace.experiments / "XR_SHOULDER-positive-tiny-16"
+    command = [sys.executable, "-m", "mura_aug", "train", "--workspace", str(workspace.root), "--label", "positive",
+               "--cfg", "tiny", "--resolution", "16", "--kimg", "1000", "--kimg-per-tick", "0.008", "--snap", "1000",
+               "--batch", "4", "--device", "cpu", "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not snapshot.read_stats(run_dir) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "the final state is saved" in err
+    newest = snapshot.list_snapshots(run_dir)[-1]
+    assert snapshot.load_state(newest.state_path)["stop_reason"] == "interrupted"
+
+
+# --- file-system errors in training: a message with the path and the fix ----------------------------------
+
+def train_cli(workspace, *extra) -> int:
+    return cli.main(["train", "--workspace", str(workspace), "--label", "positive", "--cfg", "tiny", "--resolution",
+                     "16", "--kimg", "0.008", "--kimg-per-tick", "0.008", "--batch", "4", "--device", "cpu",
+                     "--no-progress", *extra])
+
+
+TRAIN_ERRNOS = [(errno.EROFS, "read-only"), (errno.EACCES, "you may read and write"), (errno.EIO, "force_remount"),
+                (errno.ENAMETOOLONG, "shorter")]
+
+
+@pytest.mark.parametrize("code, fix", TRAIN_ERRNOS, ids=[errno.errorcode[code] for code, _ in TRAIN_ERRNOS])
+def test_train_turns_each_file_system_error_into_a_message(tmp_path, monkeypatch, capsys, code, fix):
+    from gan_datasets import make_dataset
+
+    workspace = make_dataset(tmp_path / "ws")
+    experiments = str(workspace.experiments)
+    real_replace = os.replace
+
+    def failing_replace(src, dst, *args, **kwargs):
+        if str(dst).startswith(experiments):  # the run folder's disk fails; the dataset was read
+            raise OSError(code, os.strerror(code), str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    assert train_cli(workspace.root) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and os.strerror(code) in err and experiments in err
+    assert "while training XR_SHOULDER-positive-tiny-16" in err and fix in err
+
+
+def test_a_read_only_workspace_in_train_is_a_message_from_python_too(tmp_path, monkeypatch):
+    from gan_datasets import make_dataset
+    from gan_training import train_tiny
+
+    workspace = make_dataset(tmp_path / "ws")
+    real_mkdir = os.mkdir
+
+    def read_only_mkdir(path, *args, **kwargs):
+        if str(path).startswith(str(workspace.experiments)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only_mkdir)
+    with pytest.raises(UserError, match="Read-only file system") as caught:
+        train_tiny(workspace, "positive", kimg=0.008)
+    assert str(workspace.experiments) in caught.value.problem and "writable disk" in caught.value.fix
+
+
+class FillsUp(io.FileIO):
+    """A file on a disk that is full after `room` bytes: the write raises `error` (as a real full disk would,
+    or something torch's writer swallows)."""
+
+    room = 4096
+    error: BaseException = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, data):
+        if self.tell() + len(data) > self.room:
+            type(self).full = True
+            raise self.error
+        return super().write(data)
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), ValueError("lost")],
+                         ids=["ENOSPC-raised", "no-errno-but-no-room"])
+def test_a_disk_that_fills_during_torch_save_is_the_full_disk_message(tmp_path, monkeypatch, capsys, error):
+    import builtins
+
+    from gan_datasets import make_dataset
+
+    workspace = make_dataset(tmp_path / "ws")
+    real_open, real_disk_usage = builtins.open, shutil.disk_usage
+    FillsUp.full, FillsUp.error = False, error
+
+    def open_on_a_small_disk(file, mode="r", *args, **kwargs):
+        if mode == "wb" and os.path.basename(str(file)).startswith(".state-"):
+            return FillsUp(file, "wb")
+        return real_open(file, mode, *args, **kwargs)
+
+    def disk_usage(path):  # once the disk filled up, it says so
+        usage = real_disk_usage(path)
+        return usage._replace(free=0) if FillsUp.full else usage
+
+    monkeypatch.setattr(builtins, "open", open_on_a_small_disk)
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    assert train_cli(workspace.root) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unexpected pos" not in err
+    assert "is full" in err and "Training stopped at 0.008 kimg" in err and "no earlier state exists" in err
+    run_dir = workspace.experiments / "XR_SHOULDER-positive-tiny-16"
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- a run is its folder; a state proves what it is --------------------------------------------------------
+
+RUN16 = "XR_SHOULDER-positive-tiny-16"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A workspace with a tiny 16 px run (states at 0.008 and 0.016 kimg) and a tiny 32 px run named 'other'
+    (one state), to be copied by tests."""
+    from gan_datasets import make_dataset
+    from gan_training import TICK_KIMG, train_tiny
+
+    root = tmp_path_factory.mktemp("two_runs") / "ws"
+    make_dataset(root, res=32)
+    workspace = make_dataset(root, res=16)
+    train_tiny(workspace, "positive", kimg=2 * TICK_KIMG)
+    train_tiny(workspace, "positive", kimg=TICK_KIMG, resolution=32, run="other")
+    return workspace
+
+
+@pytest.fixture
+def runs_copy(two_runs, tmp_path) -> Workspace:
+    subprocess.run(["cp", "-a", str(two_runs.root), str(tmp_path / "ws")], check=True)
+    return Workspace(tmp_path / "ws")
+
+
+def resume_cli(workspace, *extra) -> int:
+    return cli.main(["train", "--workspace", str(workspace.root), "--label", "positive", "--cfg", "tiny",
+                     "--resolution", "16", "--kimg", "0.024", "--device", "cpu", "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("how", ["--run", "folder", "state file", "name"])
+def test_a_copied_run_continues_as_itself_and_the_original_stays_byte_identical(runs_copy, capsys, how):
+    import json
+
+    from mura_aug.gan import loop, snapshot
+    from mura_aug.gan.settings import RunSettings
+
+    original, backup = runs_copy.experiments / RUN16, runs_copy.experiments / "my-backup"
+    subprocess.run(["cp", "-a", str(original), str(backup)], check=True)
+    before = tree_hashes(original)
+    resume = {"--run": ["--resume", "latest", "--run", "my-backup"], "folder": ["--resume", str(backup)],
+              "state file": ["--resume", str(backup / "state-000000.016kimg.pt")], "name": ["--resume", "my-backup"]}[how]
+    settings = RunSettings(label="positive", cfg="tiny", resolution=16, kimg=0.024, device="cpu",
+                           resume=resume[1], run=resume[3] if how == "--run" else None)
+    assert "(resuming my-backup)" in loop.preflight(runs_copy, settings)
+    assert resume_cli(runs_copy, *resume, "--keep", "1") == 0
+    out = capsys.readouterr().out
+    assert "resuming my-backup from state-000000.016kimg.pt" in out and f"resuming {RUN16}" not in out
+    assert tree_hashes(original) == before  # not one byte of the original changed
+    assert json.loads((backup / "training_options.json").read_text())["run"] == "my-backup"
+    # The copy's own earlier states (written under the original's name) are its history: retention counts them.
+    assert [s.kimg for s in snapshot.list_snapshots(backup) if s.state_path] == [0.024]
+    assert snapshot.load_state(backup / "state-000000.024kimg.pt")["run"] == "my-backup"
+    assert loop.settings_to_resume(runs_copy, "my-backup").run == "my-backup"
+
+
+def test_a_renamed_run_resumes_in_its_new_folder_and_the_old_name_is_not_recreated(runs_copy, capsys):
+    from mura_aug.gan import snapshot
+
+    renamed = runs_copy.experiments / "renamed"
+    (runs_copy.experiments / RUN16).rename(renamed)
+    assert resume_cli(runs_copy, "--resume", "latest") == 0
+    assert "resuming renamed from state-000000.016kimg.pt" in capsys.readouterr().out
+    assert not (runs_copy.experiments / RUN16).exists()
+    assert [s.kimg for s in snapshot.list_snapshots(renamed) if s.state_path] == [0.008, 0.016, 0.024]
+
+
+def test_a_foreign_state_under_a_newer_name_is_skipped_and_costs_the_run_nothing(runs_copy, capsys):
+    from mura_aug.gan import snapshot
+    from mura_aug.gan.cli import runs_table
+
+    run_dir, other = runs_copy.experiments / RUN16, runs_copy.experiments / "other"
+    foreign = run_dir / "state-000099.000kimg.pt"
+    shutil.copy2(other / "state-000000.008kimg.pt", foreign)  # 32 px, another run, a newer-looking name
+    other_before, foreign_bytes = tree_hashes(other), foreign.read_bytes()
+
+    listed = next(info for info in snapshot.list_runs(runs_copy) if info.name == RUN16)
+    assert listed.kimg == 0.016 and listed.states == 2 and foreign.name in listed.skipped
+    table = runs_table(runs_copy, RUN16)
+    assert table.startswith(f"{RUN16}: 0.016") and "state skipped: it is not this run's" in table
+    with pytest.warns(RuntimeWarning, match="is not this run's") as caught:
+        assert resume_cli(runs_copy, "--resume", "latest", "--keep", "2") == 0
+    warning = str(caught[0].message)
+    assert foreign.name in warning and "run other" in warning and "32 px" in warning and "16 px" in warning
+    assert "resuming XR_SHOULDER-positive-tiny-16 from state-000000.016kimg.pt" in capsys.readouterr().out
+    # Retention kept the two newest of the run's own states; the foreign one neither counted nor was touched.
+    assert [s.kimg for s in snapshot.list_snapshots(run_dir) if s.state_path] == [0.016, 0.024, 99.0]
+    assert foreign.read_bytes() == foreign_bytes and tree_hashes(other) == other_before
+    assert resume_cli(runs_copy, "--resume", str(foreign)) == 2  # named explicitly: refused, with both sides
+    assert "is not this run's" in capsys.readouterr().err
+
+
+def test_a_state_of_the_original_after_a_copy_is_not_the_copys():
+    from mura_aug.gan.snapshot import state_mismatch
+
+    copy = {"run": "my-backup", "run_id": "b" * 32, "cfg": "tiny", "resolution": 16, "label": "positive",
+            "lineage": [{"run_id": "a" * 32, "run": RUN16, "until_kimg": 0.016}]}
+
+    def state(run_id, run, kimg):
+        return {"kimg": kimg, "options": {"run": run, "run_id": run_id, "cfg": "tiny", "resolution": 16,
+                                          "label": "positive"}}
+
+    assert state_mismatch(state("b" * 32, "my-backup", 0.024), copy) is None  # its own
+    assert state_mismatch(state("a" * 32, RUN16, 0.016), copy) is None  # the history it shares with the original
+    assert "run_id" in state_mismatch(state("a" * 32, RUN16, 0.024), copy)  # the original's later training
+    assert "run_id" in state_mismatch(state("c" * 32, "stranger", 0.008), copy)
+    legacy = {"kimg": 0.008, "run": RUN16, "options": {"run": RUN16, "cfg": "tiny", "resolution": 16}}
+    assert state_mismatch(legacy, copy) is None  # written before run ids: matched by name and kimg
+    assert "resolution" in state_mismatch({**legacy, "options": {**legacy["options"], "resolution": 32}}, copy)
+
+
+# --- cached training arrays are checked before use ------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["same-size garbage", "cut off", "no check file"])
+def test_a_damaged_training_array_cache_is_rebuilt_with_a_message(tmp_path, monkeypatch, damage):
+    import numpy as np
+
+    from gan_datasets import make_dataset
+    from mura_aug.gan import dataset
+
+    workspace = make_dataset(tmp_path / "ws")
+    images, labels = dataset.load_training_images(workspace, "XR_SHOULDER", "positive", 16, log=print)
+    good = np.array(images)
+    cached = next((workspace.cache / "training_arrays").glob("*.images.npy"))
+    header = len(cached.read_bytes()) - good.nbytes  # keep the .npy header: only the pixels turn to noise
+    if damage == "same-size garbage":
+        cached.write_bytes(cached.read_bytes()[:header] + np.random.default_rng(0).bytes(good.nbytes))
+    elif damage == "cut off":
+        cached.write_bytes(cached.read_bytes()[: header + good.nbytes // 2])
+    else:
+        next((workspace.cache / "training_arrays").glob("*.check.json")).unlink()
+    read_again = []
+    real_read = dataset.read_dataset_zip
+    monkeypatch.setattr(dataset, "read_dataset_zip", lambda *a, **k: read_again.append(a) or real_read(*a, **k))
+    messages = []
+    images, _ = dataset.load_training_images(workspace, "XR_SHOULDER", "positive", 16, log=messages.append)
+    assert read_again and np.array_equal(np.asarray(images), good)  # rebuilt from the zip, not trained on noise
+    assert len(messages) == 1 and str(cached) in messages[0] and "rebuilding it from XR_SHOULDER_positive_16.zip" \
+        in messages[0]
+    messages.clear()
+    read_again.clear()
+    dataset.load_training_images(workspace, "XR_SHOULDER", "positive", 16, log=messages.append)
+    assert not read_again and not messages  # a good cache is used as it is

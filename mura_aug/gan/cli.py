@@ -63,7 +63,9 @@ def runs_table(workspace, run: str = None) -> str:
         for snap in list_snapshots(info.path):
             files = "+".join(kind for kind, path in (("state", snap.state_path), ("network", snap.network_path),
                                                      ("fakes", snap.fakes_path)) if path is not None)
-            lines.append(f"    {snap.kimg:>10.3f} kimg  {snap.date}  {human_bytes(snap.size_bytes):>9}  {files}")
+            skipped = info.skipped.get(snap.state_path.name) if snap.state_path is not None else None
+            note = f"  (state skipped: {skipped})" if skipped else ""
+            lines.append(f"    {snap.kimg:>10.3f} kimg  {snap.date}  {human_bytes(snap.size_bytes):>9}  {files}{note}")
     return "\n".join(lines)
 
 

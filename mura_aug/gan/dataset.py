@@ -4,19 +4,23 @@ In Colab the workspace is Google Drive, where reading thousands of small PNGs on
 is read once, decoded, resized to the training resolution if needed, and cached as a `.npy` in
 `workspace.cache` (the VM's local disk in Colab). Training then memory-maps that array. The cache key holds
 the size and modification time of every source zip and the resolution, so a rebuilt dataset is re-read.
+Beside the arrays a check file records each one's size and SHA-256, written when they are built and
+compared before every use: an array that is cut off, overwritten or replaced by same-size garbage is rebuilt
+from the zip (with a message), never trained on.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 from mura_aug.errors import UserError
 from mura_aug.gan.sampling import CLASS_LABEL
 from mura_aug.settings import check_resolution
-from mura_aug.workspace import Workspace, atomic_path
+from mura_aug.workspace import Workspace, atomic_path, atomic_write_json
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,10 +117,12 @@ def _cache_key(sources: List[Path], resolution: int) -> str:
 
 
 def load_training_images(workspace, body_part: str = "XR_SHOULDER", label: str = "positive",
-                         resolution: Optional[int] = None, progress: bool = False, mmap: bool = True):
+                         resolution: Optional[int] = None, progress: bool = False, mmap: bool = True,
+                         log: Callable[[str], None] = print):
     """(images uint8 [N, 3, R, R], labels int64 [N]) for `label` ('positive', 'negative' or 'both';
-    labels 0 = negative, 1 = positive). Cached in workspace.cache after the first call; memory-mapped
-    (read only) when `mmap`."""
+    labels 0 = negative, 1 = positive). Cached in workspace.cache after the first call and checked against
+    its checksums at every call (a bad cache is rebuilt, `log` says so); memory-mapped (read only) when
+    `mmap`."""
     import numpy as np
 
     workspace = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
@@ -132,16 +138,23 @@ def load_training_images(workspace, body_part: str = "XR_SHOULDER", label: str =
     paths = [path for path, _ in sources]
     key = _cache_key(paths, resolution)
     images_file, labels_file = workspace.training_array(body_part, label, resolution, key)
-    if not (images_file.is_file() and labels_file.is_file()):
+    check_file = workspace.training_array_check(body_part, label, resolution, key)
+    problem = _cache_problem(images_file, labels_file, check_file)
+    if problem is not None:
+        if problem != NOT_BUILT:
+            log(f"The cached training array {images_file} {problem}: rebuilding it from "
+                f"{', '.join(path.name for path in paths)}.")
         arrays, labels = [], []
         for cls, path in zip(classes, paths):
             images, _ = read_dataset_zip(path, resolution, progress=progress)
             arrays.append(images)
             labels.append(np.full(len(images), CLASS_LABEL[cls], dtype=np.int64))
         for stale in workspace.stale_training_arrays(body_part, label, resolution):
-            stale.unlink(missing_ok=True)  # an older version of the same dataset
-        _save_npy(images_file, np.concatenate(arrays))
-        _save_npy(labels_file, np.concatenate(labels))
+            stale.unlink(missing_ok=True)  # an older version of the same dataset, or the bad one
+        # The check file comes last: arrays without one (a build cut off in between) are rebuilt next time.
+        atomic_write_json(check_file, {"sources": [path.name for path in paths], "resolution": resolution,
+                                       "files": {images_file.name: _save_npy(images_file, np.concatenate(arrays)),
+                                                 labels_file.name: _save_npy(labels_file, np.concatenate(labels))}})
     try:
         images = np.load(images_file, mmap_mode="r" if mmap else None)
         labels = np.load(labels_file)
@@ -152,13 +165,62 @@ def load_training_images(workspace, body_part: str = "XR_SHOULDER", label: str =
     return images, labels
 
 
-def _save_npy(path: Path, array) -> None:
+def _save_npy(path: Path, array) -> Dict[str, object]:
+    """Write `array` as .npy atomically; returns {"bytes", "sha256"} of the file, hashed as it is written."""
     import numpy as np
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.save(handle, array)
+            hashing = _HashingWriter(handle)
+            np.save(hashing, array)
             handle.flush()
+    return {"bytes": hashing.size, "sha256": hashing.digest.hexdigest()}
+
+
+class _HashingWriter:
+    """A binary file that also hashes what goes through it (np.save writes into it)."""
+
+    def __init__(self, handle):
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+
+NOT_BUILT = "is not built yet"
+_HASH_CHUNK = 8 * 2 ** 20  # bytes read at a time when checking a cached array
+
+
+def _cache_problem(images_file: Path, labels_file: Path, check_file: Path) -> Optional[str]:
+    """None when both cached arrays match their check file; else what is wrong, as words after the file name."""
+    missing = [path.name for path in (images_file, labels_file) if not path.is_file()]
+    if len(missing) == 2:
+        return NOT_BUILT
+    if missing:
+        return f"is incomplete ({missing[0]} is missing)"
+    try:
+        recorded = json.loads(check_file.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "has no checksum (made by an older version, or its build was cut off)"
+    for path in (images_file, labels_file):
+        expected = recorded.get(path.name) if isinstance(recorded, dict) else None
+        if not isinstance(expected, dict):
+            return f"has no checksum for {path.name}"
+        try:
+            if path.stat().st_size != expected.get("bytes"):
+                return f"has the wrong size ({path.name}: {path.stat().st_size} bytes, {expected.get('bytes')} " \
+                       "written)"
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror or exc})"
+        if digest.hexdigest() != expected.get("sha256"):
+            return f"does not match its checksum ({path.name} was changed after it was written)"
+    return None
 
 
 class DataSampler:

@@ -32,6 +32,7 @@ import math
 import signal
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from mura_aug.devices import autocast_dtype, resolve_device, reuse_freed_cpu_memory
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, os_errors_as_user_errors
 from mura_aug.gan import estimates, rng, snapshot, staging, transfer
 from mura_aug.gan.configs import TrainConfig, make_config
 from mura_aug.gan.dataset import (CLASS_NAMES, DataSampler, batch_tensors, choose_source, classes_of,
@@ -70,7 +71,13 @@ def train(workspace, settings: RunSettings, on_tick: Optional[Callable[[Dict[str
     device) -> dict: called at every `metrics_every`-th snapshot, its keys join that tick's stats line (it
     runs with the RNG states forked, so it cannot change the training); log: where progress lines go.
     Inside an initialised torch.distributed process group (torchrun) every rank calls this with the same
-    settings; they train together and only rank 0 writes files and logs."""
+    settings; they train together and only rank 0 writes files and logs. A file-system error (a read-only
+    or full disk, a dropped mount) ends in a UserError naming the path and the fix, as in every stage."""
+    with os_errors_as_user_errors("training"):
+        return _train(workspace, settings, on_tick, on_snapshot, log)
+
+
+def _train(workspace, settings: RunSettings, on_tick, on_snapshot, log: Log) -> Path:
     started = time.time()
     settings = settings.check()
     is_writer = this_rank() == 0  # only rank 0 writes files and talks
@@ -87,10 +94,19 @@ def train(workspace, settings: RunSettings, on_tick: Optional[Callable[[Dict[str
         log("metrics_every is set, but no on_snapshot measures anything: no metrics in stats.jsonl")
     run = _Run(workspace, start, device, dist, on_tick, on_snapshot, log, started)
     try:
-        with reuse_freed_cpu_memory(device):
-            return run.run()
+        with reuse_freed_cpu_memory(device), os_errors_as_user_errors(f"training {start.run_dir.name}"):
+            run_dir = run.run()
     finally:
         run.lock.release()
+    if run.stop_reason == "interrupted":  # after the final state: `train && synth` must not go on
+        raise TrainingInterrupted(f"{run_dir.name} stopped at {run.progress.cur_nimg / 1000:g} kimg; the final "
+                                  "state is saved, continue with --resume latest")
+    return run_dir
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """What `train` raises after a Ctrl-C / the notebook's stop button / SIGTERM, once the final state is
+    written: an interrupt still ends the program as one (the CLI's exit status 130), whatever was saved."""
 
 
 def preflight(workspace, settings: RunSettings) -> str:
@@ -152,9 +168,7 @@ def find_run(workspace, run: Optional[str] = None, body_part: Optional[str] = No
             raise UserError(f"There is no training run{of} in {workspace.experiments} yet.",
                             "Start one with notebook 02 / 03 or python -m mura_aug train.")
         return max(runs, key=lambda r: r.mtime).path
-    run_dir = Path(run).expanduser()
-    if not run_dir.is_dir():
-        run_dir = workspace.run(str(run)).path
+    run_dir = _run_folder_named(workspace, str(run)) or Path(run).expanduser()
     if not run_dir.is_dir():
         names = ", ".join(r.name for r in snapshot.list_runs(workspace)) or "none yet"
         raise UserError(f"No run named {run!r} in {workspace.experiments}.", f"Use one of: {names}.")
@@ -180,7 +194,7 @@ def settings_for_resume(run_dir: Path, given: Dict[str, Any], report: Optional[L
     if state is not None:
         stored.update({key: value for key, value in state["options"].items()
                        if RENAMED.get(key, key) in RunSettings.SHAPING})
-    stored.setdefault("run", Path(run_dir).name)
+    stored["run"] = Path(run_dir).name  # the folder is the run; the name stored inside is only a label
     return RunSettings.for_resume(stored, given, report=report)
 
 
@@ -206,7 +220,7 @@ def _plan(workspace: Workspace, settings: RunSettings, log: Optional[Log]) -> _S
     (a new run). Every rank runs this (read only); `log` is None on the ranks that do not talk."""
     given = settings.given_values()
     if settings.resume not in (None, "latest"):
-        path = Path(settings.resume).expanduser()
+        path = _resume_path(workspace, settings.resume)
         if path.suffix == ".pkl":
             return _plan_nvlabs(workspace, settings, path, log)
         if path.is_dir():
@@ -219,6 +233,12 @@ def _plan(workspace: Workspace, settings: RunSettings, log: Optional[Log]) -> _S
         else:
             state = snapshot.load_state(path)
             folder = path.parent
+            problem = snapshot.state_mismatch(state, snapshot.read_training_options(folder), path, folder)
+            if problem:
+                raise UserError(f"The training state {path} is not this run's: {problem}.",
+                                f"Resume its own run folder instead, or copy it into an empty folder of its own "
+                                f"and resume that; python -m mura_aug runs --workspace {workspace.root} lists "
+                                "the runs.")
         folder = folder.resolve()  # a state given by path continues in its own folder, wherever it lies
         return _Start(settings_for_resume(folder, given, log, state), folder, state=state)
     run_dir = _run_to_continue(workspace, settings, log) if settings.resume == "latest" else None
@@ -263,7 +283,7 @@ def _run_to_continue(workspace: Workspace, settings: RunSettings, log: Optional[
     `run`, else the most recently changed run of this label and body part (and of the cfg and resolution
     where the user gave them)."""
     if settings.resume not in (None, "latest"):
-        path = Path(settings.resume).expanduser()
+        path = _resume_path(workspace, settings.resume)
         folder = path if path.is_dir() else path.parent
         return folder if path.suffix != ".pkl" and folder.is_dir() else None
     if settings.resume is None:
@@ -286,6 +306,38 @@ def _run_to_continue(workspace: Workspace, settings: RunSettings, log: Optional[
         log(f"--resume latest: {len(candidates)} runs of {settings.body_part} {settings.label} match; continuing "
             f"the most recently changed, {chosen.name} (name another with --run).")
     return chosen.path
+
+
+def _run_identity(start: _Start) -> tuple:
+    """(run_id, lineage) of the run this call trains (snapshot.state_mismatch reads them). A resume in the
+    folder the state was written in keeps the state's id; a state written in a folder of another name (the
+    run was copied or renamed, or it predates run ids) starts a new id whose lineage adds the id it came from
+    and the kimg where it left it, so the copy's own earlier states still count and the original's later
+    ones do not."""
+    if start.state is None:
+        return uuid.uuid4().hex, []
+    options = start.state.get("options") or {}
+    run_id, lineage = options.get("run_id"), list(options.get("lineage") or [])
+    written_in = options.get("run", start.state.get("run"))
+    if run_id and written_in == start.run_dir.name:
+        return run_id, lineage
+    kimg = start.state["progress"]["cur_nimg"] / 1000
+    return uuid.uuid4().hex, [*lineage, {"run_id": run_id, "run": written_in, "until_kimg": kimg}]
+
+
+def _run_folder_named(workspace: Workspace, name: str) -> Optional[Path]:
+    """The folder of the run called `name` under data/experiments, when `name` is a plain name of one."""
+    try:
+        folder = workspace.run(name).path
+    except UserError:  # a path, not a name
+        return None
+    return folder if folder.is_dir() else None
+
+
+def _resume_path(workspace: Workspace, resume: str) -> Path:
+    """What --resume names: a run of the workspace by its name (the run, wherever the call runs from), else
+    a path (a state file, a run folder, an NVlabs pickle)."""
+    return _run_folder_named(workspace, resume) or Path(resume).expanduser()
 
 
 def _stored_body_part(run_dir: Path) -> str:
@@ -374,6 +426,8 @@ class _Run:
         self.partial_tick: Optional[Dict[str, Any]] = None  # the statistics of a tick cut by a stop (see end_tick)
         self.stager: Optional[staging.Stager] = None  # rank 0, when snapshots go through local disk first
         self.history: List[dict] = list((start.state or {}).get("options", {}).get("history", []))
+        self.stop_reason: Optional[str] = None  # why the loop ended ('done', 'max_minutes', 'interrupted')
+        self.run_id, self.lineage = _run_identity(start)
 
     def run(self) -> Path:
         self.build_networks()
@@ -387,7 +441,7 @@ class _Run:
             self.log(f"{self.run_dir.name} is already at {self.progress.cur_nimg / 1000:g} kimg >= the target "
                      f"{total_nimg / 1000:g} kimg; nothing to train (raise --kimg to train longer)")
             return self.run_dir.path
-        stop_reason = self.loop(total_nimg)
+        stop_reason = self.stop_reason = self.loop(total_nimg)
         if self.stager is not None:
             self.stager.finish()  # what the workspace has not taken yet: more tries, else where it is
         kimg = self.progress.cur_nimg / 1000
@@ -474,7 +528,7 @@ class _Run:
         def load():
             return load_training_images(self.workspace, self.settings.body_part, self.settings.label,
                                         int(self.G_kwargs["img_resolution"]),
-                                        progress=self.settings.progress and self.dist.is_writer)
+                                        progress=self.settings.progress and self.dist.is_writer, log=self.log)
 
         with self.dist.agreement():
             if self.dist.is_writer:
@@ -600,7 +654,8 @@ class _Run:
 
     def stored_options(self) -> Dict[str, Any]:
         """The settings as a run stores them (training_options.json and every state's options)."""
-        options = {**self.settings.to_dict(), "run": self.run_dir.name, "history": self.history}
+        options = {**self.settings.to_dict(), "run": self.run_dir.name, "run_id": self.run_id,
+                   "lineage": self.lineage, "history": self.history}
         if self.start.nvlabs is not None:
             options["nvlabs_resume"] = {"kimg": self.start.nvlabs["kimg"], "augment_p": self.start.nvlabs.get(
                 "augment_p"), "path": self.settings.resume}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Union
 
 from mura_aug.errors import UserError
+from mura_aug.gan.torch_files import UnsafeFileError, load_weights_only, save_torch_file
 from mura_aug.workspace import RunFolder
 
 FORMAT = "mura_aug.network"
@@ -19,8 +20,6 @@ PathLike = Union[str, os.PathLike]
 
 def save_network_file(path: PathLike, G, **meta) -> Path:
     """Atomically save G (usually G_ema) with its constructor kwargs and `meta` (kimg, run, label, ...)."""
-    import torch
-
     from mura_aug.workspace import atomic_path
 
     payload = {
@@ -32,7 +31,7 @@ def save_network_file(path: PathLike, G, **meta) -> Path:
         **meta,
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        save_torch_file(payload, tmp)
     return Path(path)
 
 
@@ -74,7 +73,9 @@ def load_generator(path: PathLike, device="cpu"):
                             f"{continue_hint}; its network-*.pt files then load here.")
     else:
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = load_weights_only(path)
+        except UnsafeFileError:
+            raise
         except Exception as exc:
             raise UserError(f"The snapshot {path} cannot be read ({type(exc).__name__}: {exc}); it may be "
                             "truncated by an interrupted copy.",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Union
 
 from mura_aug.errors import UserError
+from mura_aug.gan.torch_files import REFUSED, load_weights_only
 
 PathLike = Union[str, os.PathLike]
 MAX_NAMES_SHOWN = 8  # how many missing / unexpected tensor names an error message lists
@@ -57,9 +58,7 @@ def _reconstruct_persistent_obj(meta):
 def _load_storage_bytes(data):
     """Stand-in for torch.storage._load_from_bytes: a storage pickled inside a pickle is a small torch.save
     file; read it with torch's own restricted loader instead of the unrestricted one."""
-    import torch
-
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return load_weights_only(io.BytesIO(data), name="a tensor storage inside this pickle")
 
 
 def _allowed_globals():
@@ -105,8 +104,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise UserError(f"{self._path} is a TensorFlow StyleGAN/StyleGAN2 pickle (it names {module}.{name}).",
                             "Convert it first with legacy.py of NVlabs' stylegan2-ada-pytorch "
                             "(python legacy.py --source=OLD.pkl --dest=NEW.pkl), then load NEW.pkl.")
-        raise UserError(f"{self._path} names the Python global {module}.{name}, which a StyleGAN2-ADA network "
-                        "pickle never contains; it was not loaded, because loading it could run code.",
+        raise UserError(f"{self._path}: {REFUSED} (it names the Python global {module}.{name}, which a "
+                        "StyleGAN2-ADA network pickle never contains, and loading it could run code).",
                         "Only load network-snapshot-*.pkl files written by NVlabs' stylegan2-ada-pytorch (or "
                         "mura_aug's network-*.pt files). If this file is one, report the global named here.")
 

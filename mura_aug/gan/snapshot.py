@@ -8,6 +8,12 @@ A run folder `data/experiments/<run>/` holds, per snapshot at K kimg (K formatte
 Every file is written to a temporary name in the same folder, fsynced, checked and renamed (workspace.atomic_path),
 so a Colab disconnect or a SIGKILL mid-write leaves the previous snapshot as it was. A state file holds only
 tensors and plain Python values, so it loads with `torch.load(weights_only=True)`: opening one runs no code.
+
+A state is trusted by what it records, not by its name: before one is resumed, counted by retention or
+reported by `runs`, its settings (cfg, resolution, label, body part) and its run identity (`run_id`, and the
+`lineage` of a copied or renamed run) are compared with the run folder's training_options.json
+(`state_mismatch`); one that differs is skipped with a warning naming both, and never makes retention delete
+a genuine state. The run's *folder* is the run: the name stored inside a state is only a label.
 """
 from __future__ import annotations
 
@@ -16,13 +22,14 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from mura_aug.errors import UserError
 from mura_aug.gan import sampling
+from mura_aug.gan.torch_files import REFUSED, UnsafeFileError, load_weights_only, save_torch_file
 from mura_aug.workspace import (SNAPSHOT_NAME, RunFolder, Workspace, atomic_path, atomic_write_text,
                                 free_bytes, staging_folder)
 
@@ -65,6 +72,7 @@ class RunInfo:
     states: int
     size_bytes: int
     mtime: float
+    skipped: Dict[str, str] = field(default_factory=dict)  # state file name -> why it is not counted
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -110,14 +118,108 @@ def list_runs(workspace) -> List[RunInfo]:
         if not snapshots and not options:
             continue
         files = [p for p in folder.iterdir() if p.is_file()]
+        genuine, skipped = verified_states(folder, snapshots, options)
+        # A snapshot whose only file is a skipped state (say, a foreign one under a newer name) is no progress.
+        counted = [s for s in snapshots if s.network_path or s.fakes_path or s in genuine]
         runs.append(RunInfo(
             name=folder.name, path=folder, label=options.get("label"), cfg=options.get("cfg"),
-            resolution=options.get("resolution"), kimg=snapshots[-1].kimg if snapshots else 0.0,
-            target_kimg=options.get("kimg"), snapshots=len(snapshots),
-            states=sum(1 for s in snapshots if s.state_path is not None),
+            resolution=options.get("resolution"), kimg=counted[-1].kimg if counted else 0.0,
+            target_kimg=options.get("kimg"), snapshots=len(counted), states=len(genuine),
             size_bytes=sum(p.stat().st_size for p in files),
-            mtime=max([p.stat().st_mtime for p in files] or [folder.stat().st_mtime])))
+            mtime=max([p.stat().st_mtime for p in files] or [folder.stat().st_mtime]),
+            skipped={info.state_path.name: reason for info, reason in skipped}))
     return runs
+
+
+# --- does a state belong to its run? ---------------------------------------------------------------------
+
+IDENTITY_KEYS = ("cfg", "resolution", "label", "body_part")  # the settings a state must share with its run
+
+
+def state_mismatch(state: Dict[str, Any], options: Dict[str, Any], state_path: PathLike = "",
+                   run_dir: PathLike = "") -> Optional[str]:
+    """None when `state` (a loaded state, or its record) belongs to the run whose training_options.json is
+    `options`; otherwise why not, naming both sides. Only what both record is compared (older files, or a
+    folder without training_options.json, are not refused for what they do not say).
+
+    A run's identity is its `run_id` (made when the run starts, kept by every resume). A copied or renamed
+    folder continues under a new id and lists the ids it came from in `lineage`, each with the kimg at which
+    it left it: a state of an ancestor counts up to that kimg (the common history), not beyond it (the other
+    copy's later training). States written before run ids existed are matched by their run name instead."""
+    if not options:
+        return None
+    recorded = dict(state.get("options") or {})
+    for key in ("resolution", "label", "run"):  # also stored beside the options in every state
+        if recorded.get(key) is None and state.get(key) is not None:
+            recorded[key] = state[key]
+    differs = [key for key in IDENTITY_KEYS if recorded.get(key) is not None and options.get(key) is not None
+               and recorded[key] != options[key]]
+    if not differs and not _same_run(recorded, options, state.get("kimg")):
+        differs = ["run_id" if recorded.get("run_id") else "run"]
+    if not differs:
+        return None
+    where = f" of {Path(run_dir).name}" if run_dir else ""
+    return (f"{Path(state_path).name or 'the state'} records {_identity_text(recorded)}, but the run folder"
+            f"{where} (its training_options.json) is {_identity_text(options)}; "
+            f"they differ in {', '.join(differs)}")
+
+
+def _same_run(recorded: Dict[str, Any], options: Dict[str, Any], kimg) -> bool:
+    run_id, own_id = recorded.get("run_id"), options.get("run_id")
+    lineage = [entry for entry in options.get("lineage") or [] if isinstance(entry, dict)]
+    kimg = float(kimg) if isinstance(kimg, (int, float)) else None
+
+    def within(entry) -> bool:
+        return kimg is None or entry.get("until_kimg") is None or kimg <= float(entry["until_kimg"]) + 1e-9
+
+    if run_id and own_id:
+        return run_id == own_id or any(entry.get("run_id") == run_id and within(entry) for entry in lineage)
+    name = recorded.get("run")
+    if not name or not options.get("run"):
+        return True  # nothing to compare
+    return name == options["run"] or any(entry.get("run") == name and within(entry) for entry in lineage)
+
+
+def _identity_text(values: Dict[str, Any]) -> str:
+    parts = [f"run {values.get('run') or '?'}"]
+    if values.get("run_id"):
+        parts[0] += f" (id {str(values['run_id'])[:8]})"
+    parts += [f"cfg {values['cfg']}" if values.get("cfg") else "",
+              f"{values['resolution']} px" if values.get("resolution") else "",
+              f"label {values['label']}" if values.get("label") else "",
+              str(values["body_part"]) if values.get("body_part") else ""]
+    return ", ".join(part for part in parts if part)
+
+
+def verified_states(run_dir: PathLike, snapshots: Optional[List[SnapshotInfo]] = None,
+                    options: Optional[Dict[str, Any]] = None) -> Tuple[List[SnapshotInfo],
+                                                                       List[Tuple[SnapshotInfo, str]]]:
+    """(snapshots whose state file reads and belongs to this run, [(snapshot, why its state is skipped)]),
+    oldest first. Only each state's record is read (memory-mapped, the tensors are not loaded), so this is
+    cheap even for states of hundreds of MB."""
+    snapshots = list_snapshots(run_dir) if snapshots is None else snapshots
+    options = read_training_options(run_dir) if options is None else options
+    genuine, skipped = [], []
+    for info in snapshots:
+        if info.state_path is None:
+            continue
+        try:
+            record = load_weights_only(info.state_path, mmap=True)
+        except UnsafeFileError:
+            skipped.append((info, REFUSED))
+            continue
+        except Exception as exc:  # cut off, damaged, or no torch zip file at all
+            skipped.append((info, f"it does not load ({type(exc).__name__})"))
+            continue
+        if not isinstance(record, dict) or record.get("format") != STATE_FORMAT:
+            skipped.append((info, "it is not a mura_aug training state"))
+            continue
+        problem = state_mismatch(record, options, info.state_path, run_dir)
+        if problem:
+            skipped.append((info, f"it is not this run's: {problem}"))
+        else:
+            genuine.append(info)
+    return genuine, skipped
 
 
 # --- saving and loading a full state ------------------------------------------------------------------
@@ -127,15 +229,11 @@ def save_state(path: PathLike, state: Dict[str, Any]) -> Path:
 
     A full disk raises UserError (from atomic_path) and leaves every earlier file untouched.
     """
-    import torch
-
     path = Path(path)
     payload = {"format": STATE_FORMAT, "version": STATE_VERSION,
                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **state}
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
+        save_torch_file(payload, tmp)
         delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
         if delay > 0:
             time.sleep(delay)
@@ -157,9 +255,7 @@ def _check_state_file(path: Path) -> Optional[str]:
 
 
 def _load_state_unchecked(path: Path) -> Dict[str, Any]:
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_only(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError("not a mura_aug training state")
     missing = [key for key in STATE_KEYS if key not in state]
@@ -176,6 +272,8 @@ def load_state(path: PathLike) -> Dict[str, Any]:
                         "Pass a state-*kimg.pt file or a run folder (python -m mura_aug runs lists them).")
     try:
         return _load_state_unchecked(path)
+    except UnsafeFileError:
+        raise
     except Exception as exc:
         raise UserError(f"The training state {path} cannot be loaded ({type(exc).__name__}: {exc}); it is "
                         "probably truncated by an interrupted write or copy.",
@@ -184,9 +282,11 @@ def load_state(path: PathLike) -> Dict[str, Any]:
 
 
 def load_newest_state(run_dir: PathLike, log=print) -> Tuple[Optional[SnapshotInfo], Optional[Dict[str, Any]]]:
-    """The newest state of a run that loads, and its content; unreadable newer ones are skipped with a warning.
-    States in the run's staging folder on local disk (staged snapshots whose copy to the workspace did not
-    finish, gan/staging.py) count too: of two at the same kimg the workspace's is taken."""
+    """The newest state of a run that loads and belongs to it (state_mismatch), and its content; newer ones
+    that are unreadable or another run's are skipped with a warning. States in the run's staging folder on
+    local disk (staged snapshots whose copy to the workspace did not finish, gan/staging.py) count too: of two
+    at the same kimg the workspace's is taken."""
+    options = read_training_options(run_dir)
     local = [info for info in list_snapshots(staging_folder(run_dir).path) if info.state_path is not None]
     here = [info for info in list_snapshots(run_dir) if info.state_path is not None]
     candidates = sorted([(info.kimg, 1, info) for info in here] + [(info.kimg, 0, info) for info in local],
@@ -194,15 +294,20 @@ def load_newest_state(run_dir: PathLike, log=print) -> Tuple[Optional[SnapshotIn
     for _, on_workspace, info in reversed(candidates):
         try:
             state = _load_state_unchecked(info.state_path)
-            if not on_workspace and log is not None:
-                log(f"the newest state is on local disk, not yet copied to the workspace: {info.state_path}")
-            return info, state
+            problem = state_mismatch(state, options, info.state_path, run_dir)
+            if problem is None:
+                if not on_workspace and log is not None:
+                    log(f"the newest state is on local disk, not yet copied to the workspace: {info.state_path}")
+                return info, state
+            message = f"Skipping the training state {info.state_path}: it is not this run's: {problem}."
+        except UnsafeFileError:
+            message = f"Skipping the training state {info.state_path}: {REFUSED}."
         except Exception as exc:
             message = (f"Skipping the training state {info.state_path}: it does not load "
                        f"({type(exc).__name__}: {exc}); it was probably cut off by a disconnect.")
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            if log is not None:
-                log("warning: " + message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        if log is not None:
+            log("warning: " + message)
     return None, None
 
 
@@ -309,9 +414,12 @@ def append_stats(run_dir: PathLike, entry: Dict[str, Any]) -> None:
 # --- retention and disk space -------------------------------------------------------------------------
 
 def apply_retention(run_dir: PathLike, keep_states: int = 3, keep_networks_every: int = 1) -> List[Path]:
-    """Delete all but the newest `keep_states` state files; keep the inference file of every
+    """Delete all but the newest `keep_states` state files of this run; keep the inference file of every
     `keep_networks_every`-th snapshot (counted over all snapshots, oldest = 1st) and of the newest.
-    Fakes grids are small and always kept. Returns the deleted files."""
+    Fakes grids are small and always kept. Returns the deleted files.
+
+    Only states that read and belong to the run (verified_states) are counted and deleted: one that is
+    another run's or does not load is left as it is and never pushes a genuine state out."""
     if keep_states < 1:
         raise UserError(f"keep_states={keep_states} would delete every training state, so the run could not "
                         "be resumed.", "Keep at least 1 state (the default is 3).")
@@ -320,7 +428,7 @@ def apply_retention(run_dir: PathLike, keep_states: int = 3, keep_networks_every
                         "Use 1 to keep the inference file of every snapshot, N to keep every N-th.")
     snapshots = list_snapshots(run_dir)
     deleted = []
-    with_state = [s for s in snapshots if s.state_path is not None]
+    with_state, _ = verified_states(run_dir, snapshots)
     for info in with_state[:-keep_states]:
         info.state_path.unlink(missing_ok=True)
         deleted.append(info.state_path)
@@ -434,8 +542,11 @@ class RunLock:
     def release(self) -> None:
         if self.owned:
             holder = self._holder()
-            if holder is None or int(holder.get("pid", -1)) == os.getpid():
-                self.path.unlink(missing_ok=True)
+            try:
+                if holder is None or int(holder.get("pid", -1)) == os.getpid():
+                    self.path.unlink(missing_ok=True)
+            except OSError:  # the disk went read-only or away: the error that ends the run says so, not this
+                pass
             self.owned = False
 
     def __enter__(self) -> "RunLock":

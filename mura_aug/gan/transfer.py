@@ -20,6 +20,7 @@ import torch
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot
 from mura_aug.gan.nvlabs import load_nvlabs_pkl
+from mura_aug.gan.torch_files import UnsafeFileError, load_weights_only
 from mura_aug.workspace import Workspace, atomic_path
 
 TRANSFER_SOURCES = {  # names accepted by --transfer, downloaded once into workspace.weights_cache
@@ -77,7 +78,9 @@ def load_transfer_weights(source: str, workspace: Workspace, log: Log) -> Dict[s
                 weights[missing] = weights[present]
         return weights
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_weights_only(path)
+    except UnsafeFileError:
+        raise
     except Exception as exc:
         raise UserError(f"The transfer source {path} cannot be read ({type(exc).__name__}: {exc}).",
                         "Pass an intact .pkl / state-*.pt / network-*.pt file.") from exc

@@ -26,6 +26,7 @@ from PIL import Image
 from mura_aug.devices import resolve_device
 from mura_aug.errors import UserError
 from mura_aug.gan import sampling
+from mura_aug.gan.torch_files import UnsafeFileError, load_weights_only
 from mura_aug.synth.generate import open_gray
 from mura_aug.synth.manifest import NO_FILTER, read_manifest, write_manifest
 from mura_aug.synth.settings import DUPLICATE_THUMB_PX
@@ -103,7 +104,9 @@ def load_discriminator(path: PathLike, device=None):
         from mura_aug.gan.networks import Discriminator
 
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = load_weights_only(path)
+        except UnsafeFileError:
+            raise
         except Exception as exc:
             raise UserError(f"The state file {path} cannot be read ({type(exc).__name__}).",
                             "Use an earlier state-*kimg.pt of the run.") from exc
