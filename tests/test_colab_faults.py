@@ -225,3 +225,15 @@ def _train_command(workspace, kimg: float):
     return [sys.executable, "-m", "mura_aug", "train", "--workspace", str(workspace.root), "--label", "positive",
             "--cfg", "tiny", "--resolution", "16", "--kimg", str(kimg), "--kimg-per-tick", str(TICK_KIMG),
             "--snap", "1", "--batch", "4", "--resume", "latest", "--device", "cpu", "--no-progress"]
+
+
+def test_the_most_a_kill_can_cost_at_the_t4_estimate():
+    from mura_aug.gan import estimates
+
+    t4 = estimates.seconds_per_kimg("auto", 256, "cuda")
+    with_minutes = estimates.most_lost_by_a_kill(10, 4, 30, t4)
+    # 30 min at 150 s/kimg = 12 kimg + a tick of 4 = 16 kimg (40 min); at 60 s/kimg 30 + 4 = 34 kimg (34 min),
+    # both less than SNAP's 40 kimg (40-100 minutes without SNAP_MINUTES)
+    assert "at most 16-34 kimg, about 34-40 minutes" in with_minutes
+    assert "at most 40 kimg, about 40-100 minutes" in estimates.most_lost_by_a_kill(10, 4, None, t4)
+    assert "0.2 minutes plus one tick" in estimates.most_lost_by_a_kill(100, 0.1, 0.2, None)
