@@ -154,8 +154,8 @@ def state_mismatch(state: Dict[str, Any], options: Dict[str, Any], state_path: P
             recorded[key] = state[key]
     differs = [key for key in IDENTITY_KEYS if recorded.get(key) is not None and options.get(key) is not None
                and recorded[key] != options[key]]
-    if not differs and not _same_run(recorded, options, state.get("kimg")):
-        differs = ["run_id" if recorded.get("run_id") else "run"]
+    if not _same_run(recorded, options, state.get("kimg")):
+        differs.append("run_id" if recorded.get("run_id") and options.get("run_id") else "run")
     if not differs:
         return None
     where = f" of {Path(run_dir).name}" if run_dir else ""
