@@ -72,6 +72,13 @@ def test_labels_have_one_wording():
     assert M.metric_label("diversity_ratio") == "diversity_ratio"
 
 
+def test_training_offers_the_extractors_of_the_metrics_package():
+    from mura_aug.gan import settings as gan_settings
+
+    assert gan_settings.METRICS_EXTRACTORS == M.EXTRACTOR_NAMES
+    assert RunSettings.default_of("metrics_extractor") == gan_settings.DEFAULT_METRICS_EXTRACTOR == M.DEFAULT_EXTRACTOR
+
+
 def test_the_training_hook_measures_with_standard_features_by_default(tmp_path):
     settings = RunSettings(cfg="tiny", resolution=32, metrics_every=1, metrics_fakes=16, device="cpu").check()
     assert settings.metrics_extractor == "standard"

@@ -21,10 +21,13 @@ from mura_aug.devices import AMP_MODES
 from mura_aug.errors import UserError
 from mura_aug.gan.configs import CONFIG_NAMES
 from mura_aug.gan.dataset import LABELS
-from mura_aug.metrics.features import DEFAULT_EXTRACTOR, EXTRACTOR_NAMES, OFFLINE_FID_LABEL
 from mura_aug.settings import StageSettings, check_resolution, flag_name, parameter_name, setting
 from mura_aug.workspace import check_name
 
+# mura_aug.metrics.features.EXTRACTOR_NAMES and its DEFAULT_EXTRACTOR, written out: importing the metrics
+# package here would load the measuring code into every training process (tests keep the two equal).
+METRICS_EXTRACTORS = ("standard", "inception", "offline")
+DEFAULT_METRICS_EXTRACTOR = "standard"
 # Stored names of runs written before this version -> the setting's name.
 RENAMED = {"keep_states": "keep"}
 # Older runs stored the mixed-precision setting in several spellings (and the dtype it resolved to).
@@ -92,9 +95,10 @@ class RunSettings(StageSettings):
                                  "stats.jsonl (0 = never; training waits meanwhile)", unit="snapshots")
     metrics_fakes: int = setting(500, "fakes generated per such measurement", unit="images", notebook=False)
     metrics_extractor: str = setting(
-        DEFAULT_EXTRACTOR, "features of those FIDs: standard (NVIDIA's FID network, downloaded once into the "
-        "workspace's weights/ folder; where it cannot be had the offline one, with a warning), inception, or "
-        f"offline (no download, the same on every machine: {OFFLINE_FID_LABEL})", choices=EXTRACTOR_NAMES)
+        DEFAULT_METRICS_EXTRACTOR, "features of those FIDs: standard (NVIDIA's FID network, downloaded once into "
+        "the workspace's weights/ folder; where it cannot be had the offline one, with a warning), inception, or "
+        "offline (no download, the same on every machine; its FIDs compare only with other offline ones)",
+        choices=METRICS_EXTRACTORS)
     device: Optional[str] = setting(None, "cpu, cuda or cuda:1; none = the GPU when there is one (under "
                                     "torchrun: cpu or cuda, each process takes cuda:LOCAL_RANK)")
     amp: str = setting("auto", "precision: fp16 (NVIDIA's: the top 4 resolutions' blocks in float16, clamped, with "

@@ -50,7 +50,7 @@ DEFAULT_POSITIVE_SHARE = 0.5  # share of studies that are abnormal (MURA's shoul
 EASY_SUBTLETY = 0.0  # the abnormal sign at full strength: any small classifier learns it
 # Share of positive images whose sign is faint by default, 0 (none) to 1 (all): the demo baseline's study
 # kappa sits inside 0.5-0.85 with it (bench/bench_difficulty.py, bench/results/difficulty.md).
-DEFAULT_SUBTLETY = 0.6
+DEFAULT_SUBTLETY = 0.2
 # Strength of a faint sign (1 = the saturated plate, 0 = nothing): a dim, small plate, a hairline fracture.
 FAINT_SIGN_STRENGTH = (0.0, 0.3)
 RGB_FRACTION = 0.1  # share of images saved as 3-channel PNG (the real MURA has some)
@@ -400,8 +400,9 @@ def difficulty_of(subtlety, positive_share, names=("subtlety", "positive_share")
 
     if not 0 <= number(subtlety) <= 1:
         raise UserError(f"{names[0]} = {subtlety!r} is not a number from 0 to 1.",
-                        f"Use 0 (the abnormal sign at full strength) up to 1 (often invisible); the default "
-                        f"{DEFAULT_SUBTLETY} gives the demo a classifier that is good but not perfect.")
+                        f"Use the share of abnormal images with a faint sign, from 0 (every sign at full "
+                        f"strength) to 1 (all faint); the default {DEFAULT_SUBTLETY} gives the demo a classifier "
+                        "that is good but not perfect.")
     if not 0 < number(positive_share) < 1:
         raise UserError(f"{names[1]} = {positive_share!r} is not a share above 0 and below 1.",
                         f"Use the share of abnormal studies, e.g. {DEFAULT_POSITIVE_SHARE} (the default) or 0.2 "

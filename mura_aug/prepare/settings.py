@@ -45,9 +45,9 @@ class PrepareSettings(StageSettings):
         DEFAULT_PATIENTS, "patients in the generated demo tree (about 5 images each); used only without a MURA_PATH",
         cli=False)
     demo_subtlety: float = setting(
-        DEFAULT_SUBTLETY, "how faint the abnormal sign (metal hardware, a fracture) of positive demo images is: 0 "
-        "full strength (any classifier learns it), 1 often invisible; the default leaves the demo classifier good, "
-        "not perfect; used only without a MURA_PATH", cli=False)
+        DEFAULT_SUBTLETY, "share of positive demo images whose abnormal sign (metal hardware, a fracture) is faint: "
+        "0 none, every sign at full strength (any classifier learns it), 1 all; the default leaves the demo "
+        "classifier good, not perfect; used only without a MURA_PATH", cli=False)
     demo_positive_share: float = setting(
         DEFAULT_POSITIVE_SHARE, "share of demo studies that are abnormal (above 0, below 1); used only without a "
         "MURA_PATH", cli=False)
@@ -87,8 +87,8 @@ class DemoDataSettings(StageSettings):
                                     notebook=False)
     as_zip: bool = setting(False, "write MURA-v1.1.zip instead of a folder", notebook=False, aliases=("--zip",))
     subtlety: float = setting(
-        DEFAULT_SUBTLETY, "how faint the abnormal sign (metal hardware, a fracture) of positive images is: 0 full "
-        "strength (any classifier learns it), 1 often invisible", notebook=False)
+        DEFAULT_SUBTLETY, "share of positive images whose abnormal sign (metal hardware, a fracture) is faint: 0 "
+        "none, every sign at full strength (any classifier learns it), 1 all", notebook=False)
     positive_share: float = setting(DEFAULT_POSITIVE_SHARE, "share of studies that are abnormal (above 0, below 1)",
                                     notebook=False)
     like_mura: Optional[List[str]] = setting(
