@@ -241,3 +241,24 @@ def test_gan_training_array_is_written_image_by_image(tmp_path):
     positives, _ = read_dataset_zip(workspace.dataset_zip("XR_SHOULDER", "positive", 64))
     assert np.array_equal(np.asarray(images), np.concatenate([negatives, positives]))
     assert labels.tolist() == [0] * 32 + [1] * 48
+
+
+def test_holding_the_real_images_is_refused_up_front_when_memory_is_short(tmp_path, monkeypatch):
+    from gan_datasets import make_dataset
+    from mura_aug import devices
+    from mura_aug.gan.dataset import load_real_images
+
+    workspace = make_dataset(tmp_path / "ws", "positive", res=32, count=10)
+    monkeypatch.setattr(devices, "available_memory", lambda: 10 * 3 * 32 * 32)  # less than 1/0.8 of the need
+    with pytest.raises(UserError, match="needs about .* GB of memory"):
+        load_real_images(workspace, "XR_SHOULDER", "positive", 32)
+    monkeypatch.setattr(devices, "available_memory", lambda: None)  # unknown: no refusal
+    images, _ = load_real_images(workspace, "XR_SHOULDER", "positive", 32)
+    assert images.shape == (10, 3, 32, 32)
+
+
+def test_available_memory_reads_the_system():
+    from mura_aug.devices import available_memory
+
+    available = available_memory()
+    assert available is None or available > 2**20
