@@ -262,3 +262,24 @@ def test_available_memory_reads_the_system():
 
     available = available_memory()
     assert available is None or available > 2**20
+
+
+# --- the rehearsal itself ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_half_scale_rehearsal_end_to_end(tmp_path):
+    """Every stage of bench/bench_scale.py at 1/2 x XR_SHOULDER (4,472 images, 5,000 fakes): it finishes, the
+    counts are MURA's, each stage stays inside the 8 GB budget and the warm rerun of stage 01 does no work."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_scale", Path(__file__).parent.parent / "bench" /
+                                                  "bench_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = {stage: bench.run_one(stage, 0.5, tmp_path, (bench.BODY_PART,)) for stage in bench.STAGES}
+    assert rows["prepare_cold"]["images"] == round(8379 / 2) + round(563 / 2)
+    assert rows["prepare_warm"]["written_mb"] < 1 and rows["prepare_warm"]["wall_s"] < 30
+    assert rows["fakes_write"]["images"] == 5000
+    assert rows["memorisation"]["flagged"] == 5000  # the stand-in fakes are noisy copies of reals: all caught
+    for stage, row in rows.items():
+        assert row["peak_rss_mb"] < 8 * 1024, f"{stage} peaked at {row['peak_rss_mb']} MB"
