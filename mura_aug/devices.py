@@ -1,6 +1,6 @@
 """Which torch device a stage runs on, which reduced precision it uses there, what running out of GPU memory
-looks like, and how a CPU training call keeps its freed memory: one rule for every stage, so "auto" and the
-errors read the same."""
+looks like, how a CPU training call keeps its freed memory, and whether an in-memory array fits
+(`require_memory`): one rule for every stage, so "auto" and the errors read the same."""
 from __future__ import annotations
 
 import contextlib
@@ -223,3 +223,32 @@ def reuse_freed_cpu_memory(device):
         libc.mallopt(_M_MMAP_MAX, min(mmap_max, _MALLOPT_LIMIT))
         libc.mallopt(_M_TRIM_THRESHOLD, min(trim_threshold, _MALLOPT_LIMIT))
         libc.malloc_trim(0)
+
+
+# --- memory ------------------------------------------------------------------------------------------------
+
+MEMORY_HEADROOM = 0.8  # share of the available memory one array may take: the notebook and Python need the rest
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory the system can give without swapping (Linux: MemAvailable; elsewhere free pages), or
+    None where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def require_memory(needed_bytes: int, what: str, fix: str) -> None:
+    """UserError before starting when `what` (needing `needed_bytes`) would not fit the available memory."""
+    available = available_memory()
+    if available is not None and needed_bytes > MEMORY_HEADROOM * available:
+        raise UserError(f"{what} needs about {needed_bytes / 2**30:.1f} GB of memory, but only "
+                        f"{available / 2**30:.1f} GB is available.", fix)

@@ -241,3 +241,45 @@ def test_gan_training_array_is_written_image_by_image(tmp_path):
     positives, _ = read_dataset_zip(workspace.dataset_zip("XR_SHOULDER", "positive", 64))
     assert np.array_equal(np.asarray(images), np.concatenate([negatives, positives]))
     assert labels.tolist() == [0] * 32 + [1] * 48
+
+
+def test_holding_the_real_images_is_refused_up_front_when_memory_is_short(tmp_path, monkeypatch):
+    from gan_datasets import make_dataset
+    from mura_aug import devices
+    from mura_aug.gan.dataset import load_real_images
+
+    workspace = make_dataset(tmp_path / "ws", "positive", res=32, count=10)
+    monkeypatch.setattr(devices, "available_memory", lambda: 10 * 3 * 32 * 32)  # less than 1/0.8 of the need
+    with pytest.raises(UserError, match="needs about .* GB of memory"):
+        load_real_images(workspace, "XR_SHOULDER", "positive", 32)
+    monkeypatch.setattr(devices, "available_memory", lambda: None)  # unknown: no refusal
+    images, _ = load_real_images(workspace, "XR_SHOULDER", "positive", 32)
+    assert images.shape == (10, 3, 32, 32)
+
+
+def test_available_memory_reads_the_system():
+    from mura_aug.devices import available_memory
+
+    available = available_memory()
+    assert available is None or available > 2**20
+
+
+# --- the rehearsal itself ------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_half_scale_rehearsal_end_to_end(tmp_path):
+    """Every stage of bench/bench_scale.py at 1/2 x XR_SHOULDER (4,472 images, 5,000 fakes): it finishes, the
+    counts are MURA's, each stage stays inside the 8 GB budget and the warm rerun of stage 01 does no work."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_scale", Path(__file__).parent.parent / "bench" /
+                                                  "bench_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = {stage: bench.run_one(stage, 0.5, tmp_path, (bench.BODY_PART,)) for stage in bench.STAGES}
+    assert rows["prepare_cold"]["images"] == round(8379 / 2) + round(563 / 2)
+    assert rows["prepare_warm"]["written_mb"] < 1 and rows["prepare_warm"]["wall_s"] < 30
+    assert rows["fakes_write"]["images"] == 5000
+    assert rows["memorisation"]["flagged"] == 5000  # the stand-in fakes are noisy copies of reals: all caught
+    for stage, row in rows.items():
+        assert row["peak_rss_mb"] < 8 * 1024, f"{stage} peaked at {row['peak_rss_mb']} MB"

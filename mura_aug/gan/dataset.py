@@ -129,8 +129,21 @@ def _decoded_members(archive: zipfile.ZipFile, path: Path, names: List[str], res
 def load_real_images(workspace, body_part: str, cls: str, resolution: int, max_images: Optional[int] = None,
                      seed: int = 0, progress: bool = False) -> Tuple["np.ndarray", List[str]]:
     """(uint8 [N, 3, R, R], zip member names) of one class's real training images at `resolution`, from stage
-    01's dataset zip; a random subset (seeded) beyond `max_images`."""
+    01's dataset zip; a random subset (seeded) beyond `max_images`.
+
+    Held in memory by design (stage 05's memorisation filter and the metrics compare against all of them):
+    N x 3 x R x R bytes, XR_SHOULDER's positive class about 0.8 GB at 256 px and 3.3 GB at 512 px. A machine
+    with too little memory gets a UserError before anything is read."""
+    from mura_aug.devices import require_memory
+
     path = Workspace(workspace).dataset_zip(body_part, cls, resolution)
+    with _open_dataset(path) as archive:
+        count = len(_member_names(archive, path))
+    if max_images is not None:
+        count = min(count, int(max_images))
+    require_memory(count * 3 * int(resolution) ** 2, f"Holding the {count} real {cls} images of {body_part} at "
+                   f"{resolution} px", "Use a machine with more memory (a Colab high-RAM runtime), a lower "
+                   "resolution, or fewer images (max_images / MAX_REALS where the stage offers it).")
     return read_dataset_zip(path, None, progress=progress, max_images=max_images, seed=seed)
 
 
