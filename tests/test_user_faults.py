@@ -1,4 +1,4 @@
-"""An unlucky user's faults outside training (issue 15): each ends in a message naming the thing and the fix,
+"""An unlucky user's faults (issue 15), outside training first, the training side at the end: each ends in a
 and nothing the user owns is changed. Faults are injected at the OS call, not by mocking our own code."""
 from __future__ import annotations
 

@@ -46,8 +46,6 @@ def _newest_network_in(run_dir: Path) -> Path:
 def load_generator(path: PathLike, device="cpu"):
     """A generator in eval mode from: an inference file, a full training state, an NVlabs .pkl, or a run
     folder (its newest inference file)."""
-    import torch
-
     from mura_aug.gan.networks import Generator
 
     path = Path(path).expanduser()

@@ -114,8 +114,6 @@ def near_duplicates(paths: Sequence[Path], threshold: float, thumb_px: int = DUP
 
 def load_discriminator(path: PathLike, device=None):
     """D from a full training state (`state-*.pt` with `D_kwargs` and `D`) or an NVlabs .pkl."""
-    import torch
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"No discriminator file at {path}.",
