@@ -315,3 +315,21 @@ def test_pipe_on_cuda_matches_cpu_for_the_same_transformations():
     cpu = augment._resample(images, matrix, 2)
     gpu = augment._resample(images.cuda(), matrix.cuda(), 2).cpu()
     assert torch.allclose(cpu, gpu, atol=1e-5)
+
+
+def test_the_affine_building_blocks_are_the_textbook_matrices():
+    # The geometric maps are stacked from their entries (augment._affine2d) and composed factor by factor.
+    aug = augment
+    theta = torch.tensor([0.3, -1.2])
+    c, s = torch.cos(theta), torch.sin(theta)
+    rotation = torch.zeros(2, 3, 3)
+    rotation[:, 0, 0], rotation[:, 0, 1], rotation[:, 1, 0], rotation[:, 1, 1], rotation[:, 2, 2] = c, -s, s, c, 1
+    assert torch.equal(aug._rotate2d(theta), rotation)
+    shift = aug._translate2d(torch.tensor([2.0, -1.0]), torch.tensor([0.5, 3.0]))
+    assert torch.equal(shift[1], torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 3.0], [0.0, 0.0, 1.0]]))
+    scale = aug._scale2d(torch.tensor([2.0, 0.5]), torch.tensor([3.0, 1.0]))
+    assert torch.equal(scale[0], torch.diag(torch.tensor([2.0, 3.0, 1.0])))
+    quarter = aug._quarter_turns2d(torch.tensor([1, 2]))
+    assert torch.equal(quarter[0], torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    assert torch.equal(aug._compose([], 2, "cpu"), torch.eye(3).expand(2, 3, 3))
+    assert torch.equal(aug._compose([rotation, shift, scale], 2, "cpu"), torch.eye(3) @ rotation @ shift @ scale)

@@ -68,35 +68,47 @@ def _identity(n, size, device):
     return torch.eye(size, device=device).unsqueeze(0).repeat(n, 1, 1)
 
 
+def _affine2d(a, b, c, d, tx, ty):
+    """[n, 3, 3] matrices [[a, b, tx], [c, d, ty], [0, 0, 1]] from [n] tensors, in one stack (building them
+    by item assignment into identities took ~25 tensor ops per matrix, several times the arithmetic here)."""
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    return torch.stack([a, b, tx, c, d, ty, zero, zero, one], dim=1).view(-1, 3, 3)
+
+
 def _translate2d(tx, ty):
-    m = _identity(tx.shape[0], 3, tx.device)
-    m[:, 0, 2] = tx
-    m[:, 1, 2] = ty
-    return m
+    zero, one = torch.zeros_like(tx), torch.ones_like(tx)
+    return _affine2d(one, zero, zero, one, tx, ty)
 
 
 def _scale2d(sx, sy):
-    m = _identity(sx.shape[0], 3, sx.device)
-    m[:, 0, 0] = sx
-    m[:, 1, 1] = sy
-    return m
+    zero = torch.zeros_like(sx)
+    return _affine2d(sx, zero, zero, sy, zero, zero)
 
 
 def _rotate2d(theta):
-    m = _identity(theta.shape[0], 3, theta.device)
     c, s = torch.cos(theta), torch.sin(theta)
-    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = c, -s, s, c
-    return m
+    zero = torch.zeros_like(theta)
+    return _affine2d(c, -s, s, c, zero, zero)
 
 
 def _quarter_turns2d(k):
     """Exact rotation matrices for k * 90 degrees (integers, so pixel centres map onto pixel centres)."""
     cos_table = torch.tensor([1.0, 0.0, -1.0, 0.0], device=k.device)
     sin_table = torch.tensor([0.0, 1.0, 0.0, -1.0], device=k.device)
-    m = _identity(k.shape[0], 3, k.device)
     c, s = cos_table[k], sin_table[k]
-    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = c, -s, s, c
-    return m
+    zero = torch.zeros_like(c)
+    return _affine2d(c, -s, s, c, zero, zero)
+
+
+def _compose(factors, n, device):
+    """The product factors[0] @ factors[1] @ ... ([n, 3, 3] each); the identity when there are none. Starting
+    from the first factor rather than from an identity gives the same values (I @ A == A exactly)."""
+    if not factors:
+        return _identity(n, 3, device)
+    product = factors[0]
+    for factor in factors[1:]:
+        product = product @ factor
+    return product
 
 
 def _mirror_index(index, size):
@@ -232,13 +244,14 @@ class AugmentPipe(torch.nn.Module):
         return f"p={float(self.p):.4f}, ops=[{', '.join(active)}]"
 
     # ------------------------------------------------------------------------------------------------------
-    def _random_rotation(self, geom, needs_geom, chance: float, n: int, device):
-        """Compose an arbitrary rotation (up to rotate_max half-turns) onto `geom` for each sample with
-        probability `chance`; returns the new matrices and which samples now need resampling."""
+    def _random_rotation(self, geom: list, needs_geom, chance: float, n: int, device):
+        """Append an arbitrary rotation (up to rotate_max half-turns) to the factors `geom` for each sample with
+        probability `chance`; returns which samples now need resampling."""
         theta = (torch.rand([n], device=device) * 2 - 1) * math.pi * self.rotate_max
         applied = torch.rand([n], device=device) < chance
         theta = torch.where(applied, theta, torch.zeros_like(theta))
-        return geom @ _rotate2d(-theta), needs_geom | applied
+        geom.append(_rotate2d(-theta))
+        return needs_geom | applied
 
     def _chance(self, multiplier, n, device):
         """Per-sample booleans: is this operation applied (probability p * multiplier)?"""
@@ -247,12 +260,12 @@ class AugmentPipe(torch.nn.Module):
     def _geometry(self, n, height, width, device):
         """Output->input maps (in centred pixel units) of the blit part and of the whole transformation, and
         which samples need each. Operations are composed in NVlabs' order."""
-        blit = _identity(n, 3, device)
+        blit = []  # factors of the blit map, composed at the end
         needs_blit = torch.zeros([n], dtype=torch.bool, device=device)
         if self.xflip:
             flip = torch.floor(torch.rand([n], device=device) * 2)
             flip = torch.where(self._chance(self.xflip, n, device), flip, torch.zeros_like(flip))
-            blit = blit @ _scale2d(1 - 2 * flip, torch.ones_like(flip))
+            blit.append(_scale2d(1 - 2 * flip, torch.ones_like(flip)))
             needs_blit |= flip != 0
         if self.rotate90:
             if height != width:
@@ -261,42 +274,43 @@ class AugmentPipe(torch.nn.Module):
             turns = torch.floor(torch.rand([n], device=device) * 4).long()
             turns = torch.where(self._chance(self.rotate90, n, device), turns, torch.zeros_like(turns))
             # Inverse map of a turn by k quarters is a turn by -k quarters.
-            blit = blit @ _quarter_turns2d((4 - turns) % 4)
+            blit.append(_quarter_turns2d((4 - turns) % 4))
             needs_blit |= turns != 0
         if self.xint:
             shift = (torch.rand([n, 2], device=device) * 2 - 1) * self.xint_max
             shift = torch.where(self._chance(self.xint, n, device).unsqueeze(1), shift, torch.zeros_like(shift))
             shift_x, shift_y = torch.round(shift[:, 0] * width), torch.round(shift[:, 1] * height)
-            blit = blit @ _translate2d(-shift_x, -shift_y)
+            blit.append(_translate2d(-shift_x, -shift_y))
             needs_blit |= (shift_x != 0) | (shift_y != 0)
 
-        geom = _identity(n, 3, device)
+        geom = []  # factors of the general geometric map
         needs_geom = torch.zeros([n], dtype=torch.bool, device=device)
         if self.scale:
             factor = torch.exp2(torch.randn([n], device=device) * self.scale_std)
             applied = self._chance(self.scale, n, device)
             factor = torch.where(applied, factor, torch.ones_like(factor))
-            geom = geom @ _scale2d(1 / factor, 1 / factor)
+            geom.append(_scale2d(1 / factor, 1 / factor))
             needs_geom |= applied
         # The arbitrary rotation happens twice, before and after the anisotropic scaling, so that the latter
         # stretches along a random axis; each gets the probability that makes "at least one" equal p*rotate.
         rotate_chance = 1 - math.sqrt(max(1 - self.rotate * float(self.p), 0.0)) if self.rotate else 0.0
         if self.rotate:
-            geom, needs_geom = self._random_rotation(geom, needs_geom, rotate_chance, n, device)
+            needs_geom = self._random_rotation(geom, needs_geom, rotate_chance, n, device)
         if self.aniso:
             factor = torch.exp2(torch.randn([n], device=device) * self.aniso_std)
             applied = self._chance(self.aniso, n, device)
             factor = torch.where(applied, factor, torch.ones_like(factor))
-            geom = geom @ _scale2d(1 / factor, factor)
+            geom.append(_scale2d(1 / factor, factor))
             needs_geom |= applied
         if self.rotate:
-            geom, needs_geom = self._random_rotation(geom, needs_geom, rotate_chance, n, device)
+            needs_geom = self._random_rotation(geom, needs_geom, rotate_chance, n, device)
         if self.xfrac:
             shift = torch.randn([n, 2], device=device) * self.xfrac_std
             applied = self._chance(self.xfrac, n, device)
             shift = torch.where(applied.unsqueeze(1), shift, torch.zeros_like(shift))
-            geom = geom @ _translate2d(-shift[:, 0] * width, -shift[:, 1] * height)
+            geom.append(_translate2d(-shift[:, 0] * width, -shift[:, 1] * height))
             needs_geom |= applied
+        blit, geom = _compose(blit, n, device), _compose(geom, n, device)
         return blit, blit @ geom, needs_blit & ~needs_geom, needs_geom
 
     def _color_matrix(self, n, device):

@@ -74,14 +74,13 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
         scale = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
         if out_gain != 1:
             scale = scale * out_gain
-    shift = None  # out_gain * (noise + bias), broadcast over the output
+    # out_gain * (noise + bias), each term scaled while it is small ([N, 1, H, W] and [1, O, 1, 1])
     if noise is not None:
-        shift = noise.to(x.dtype)
+        noise = noise.to(x.dtype)
+        noise = noise * out_gain if out_gain != 1 else noise
     if bias is not None:
-        b = bias.to(x.dtype).reshape(1, -1, 1, 1)
-        shift = b if shift is None else shift + b
-    if shift is not None and out_gain != 1:
-        shift = shift * out_gain
+        bias = bias.to(x.dtype).reshape(1, -1, 1, 1)
+        bias = bias * out_gain if out_gain != 1 else bias
     if scale is None and out_gain != 1:
         styles = styles * out_gain
     if not fused_modconv:
@@ -90,8 +89,12 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
                             flip_weight=flip_weight)
         if scale is not None:
             scale = scale.to(x.dtype).reshape(batch, -1, 1, 1)
-            return x * scale if shift is None else torch.addcmul(shift, x, scale)
-        return x if shift is None else x + shift
+            x = x * scale if bias is None else torch.addcmul(bias, x, scale)
+        elif bias is not None:
+            x = x + bias
+        # Two passes over the output (scale-and-bias, noise) where a broadcast sum of noise and bias took three.
+        return x if noise is None else x + noise
+    shift = noise if bias is None else bias if noise is None else noise + bias
     w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)  # per-sample weights [N, O, I, k, k]
     if scale is not None:
         w = w * scale.reshape(batch, -1, 1, 1, 1)
