@@ -35,8 +35,8 @@ from mura_aug.prepare import stage as prepare_stage  # noqa: E402
 from mura_aug.prepare.settings import PrepareSettings  # noqa: E402
 from mura_aug.workspace import Workspace  # noqa: E402
 
-SUBTLETIES = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
-SHARES = (0.5, 0.3)
+SUBTLETIES = (0.1, 0.2, 0.25, 0.3)
+SHARES = (0.5,)
 SEEDS = (0, 1, 2)
 TARGET = (0.5, 0.85)  # study kappa range the default must give (issue 18)
 RESULTS = Path(__file__).resolve().parent / "results" / "difficulty.md"
@@ -66,7 +66,7 @@ def baseline_kappas(subtlety: float, share: float, folder: Path) -> dict:
 def row(result: dict) -> str:
     kappas = result["kappas"]
     inside = all(TARGET[0] <= k <= TARGET[1] for k in kappas)
-    return (f"| {result['subtlety']:.1f} | {result['share']:.1f} | {' / '.join(f'{k:.2f}' for k in kappas)} | "
+    return (f"| {result['subtlety']:.2f} | {result['share']:.2f} | {' / '.join(f'{k:.2f}' for k in kappas)} | "
             f"{np.mean(kappas):.2f} | {np.mean(result['aucs']):.2f} | {result['positive_studies']}/{result['studies']} "
             f"| {'yes' if inside else 'no'} | {result['seconds']:.0f} |")
 

@@ -50,7 +50,7 @@ DEFAULT_POSITIVE_SHARE = 0.5  # share of studies that are abnormal (MURA's shoul
 EASY_SUBTLETY = 0.0  # the abnormal sign at full strength: any small classifier learns it
 # Share of positive images whose sign is faint by default, 0 (none) to 1 (all): the demo baseline's study
 # kappa sits inside 0.5-0.85 with it (bench/bench_difficulty.py, bench/results/difficulty.md).
-DEFAULT_SUBTLETY = 0.2
+DEFAULT_SUBTLETY = 0.25
 # Strength of a faint sign (1 = the saturated plate, 0 = nothing): a dim, small plate, a hairline fracture.
 FAINT_SIGN_STRENGTH = (0.0, 0.3)
 RGB_FRACTION = 0.1  # share of images saved as 3-channel PNG (the real MURA has some)
