@@ -283,3 +283,24 @@ def test_half_scale_rehearsal_end_to_end(tmp_path):
     assert rows["memorisation"]["flagged"] == 5000  # the stand-in fakes are noisy copies of reals: all caught
     for stage, row in rows.items():
         assert row["peak_rss_mb"] < 8 * 1024, f"{stage} peaked at {row['peak_rss_mb']} MB"
+
+
+def test_reading_fakes_holds_each_image_once(tmp_path):
+    import tracemalloc
+
+    import numpy as np
+    from PIL import Image
+
+    from mura_aug.metrics.measures import read_image_files
+
+    paths = []
+    for index in range(40):
+        Image.fromarray(np.full((64, 64), index, np.uint8)).save(tmp_path / f"{index}.png")
+        paths.append(tmp_path / f"{index}.png")
+    read_image_files(paths[:1])  # imports first
+    tracemalloc.start()
+    images = read_image_files(paths)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert images.shape == (40, 3, 64, 64) and images[7].max() == 7
+    assert peak < 1.5 * images.nbytes  # not a list of arrays plus np.stack (2x)
