@@ -31,22 +31,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from machine_speed import cpu_model  # noqa: E402  (bench/machine_speed.py)
 from mura_aug.prepare.demo_data import make_demo_mura  # noqa: E402
 from mura_aug.prepare.settings import PrepareSettings  # noqa: E402
 from mura_aug.prepare.stage import run_stage  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "prepare.md"
 SHOULDER_TRAIN, SHOULDER_VALID = 8379, 563  # images of XR_SHOULDER in MURA-v1.1
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load_average() -> str:

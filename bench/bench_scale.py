@@ -36,6 +36,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_speed import cpu_model  # noqa: E402  (bench/machine_speed.py)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -76,8 +79,6 @@ def _fake_paths(root: Path, scale: float):
 
 def run_one(stage: str, scale: float, root: Path, parts) -> dict:
     """Do `stage` at `scale`; return its figures (measured inside this process)."""
-    from mura_aug.prepare.mura import BODY_PARTS
-
     workspace = root / f"workspace_{'all' if len(parts) > 1 else 'shoulder'}_{scale:g}"
     mura = _tree(root, scale, parts)
     outputs = [workspace]
@@ -243,7 +244,7 @@ def write_results(rows, args, started: str, load_before: str, load_after: str) -
         by_stage.setdefault(row["stage"] + (" (all parts)" if row.get("all_parts") else ""), []).append(row)
     lines = ["# MURA-scale rehearsal (issue 19)", "",
              f"Measured {started} by `python bench/bench_scale.py {' '.join(sys.argv[1:])}` on "
-             f"{os.cpu_count()} CPU cores ({_cpu_model()}), {platform.platform()}, Python "
+             f"{os.cpu_count()} CPU cores ({cpu_model()}), {platform.platform()}, Python "
              f"{platform.python_version()}, PNG codec {_codec()}. The machine was shared with other jobs (load "
              f"average 1/5/15 min before {load_before}, after {load_after}): wall times are upper bounds, CPU "
              "seconds (the process and its workers) are the figure to scale by.", "",
@@ -303,16 +304,6 @@ def _plot(by_stage) -> None:
     figure.suptitle("MURA-scale rehearsal: 1/8, 1/2, 1 x XR_SHOULDER")
     figure.tight_layout()
     figure.savefig(PLOT, dpi=110)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _codec() -> str:

@@ -412,7 +412,7 @@ def write_results(path: Path, argv: List[str], sizes: Sizes, info: Dict[str, Any
     else:
         lines += ["not run", ""]
     d = parts.get("d")
-    lines += [f"## (d) Stage 06 classifier", ""]
+    lines += ["## (d) Stage 06 classifier", ""]
     if d:
         lines += ["| arch | px | batch | precision | train img/s | eval img/s | peak GPU GB | minutes per epoch of "
                   "MURA shoulder train |", "|---|---|---|---|---|---|---|---|",

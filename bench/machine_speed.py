@@ -10,10 +10,23 @@ core, which slows a two-thread run much more than the one-thread reference shows
 """
 from __future__ import annotations
 
+import platform
 import time
+from pathlib import Path
 
 QUIET_REFERENCE_MS = 390.0  # ms, 1 thread, on this machine when nothing else ran (see above)
 QUIET_REFERENCE_2_THREADS_MS = 210.0  # ms, 2 threads, the best seen on this machine
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the machine line of every results file."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def reference_conv_ms(repeats: int = 3, threads: int = 1) -> float:
