@@ -88,7 +88,7 @@ def machine() -> str:
 def report(cold: dict, warm: dict) -> str:
     lines = ["# `python -m mura_aug demo`: time on generated data", "",
              f"Machine: {machine()}. Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
-             "Settings: `mura_aug/demo_params.yaml`. Measured by `bench/bench_demo.py` (wall-clock, the machine "
+             "Settings: `mura_aug/notebooks/demo_params.yaml`. Measured by `bench/bench_demo.py` (wall-clock, the machine "
              "shared with other work, so expect some noise).", "",
              "| notebook | cold run (s) | rerun (s) | status (cold / rerun) |", "|---|---:|---:|---|"]
     warm_by_name = {entry["name"]: entry for entry in warm["notebooks"]}

@@ -1081,6 +1081,7 @@ def _format_line(line: Dict[str, Any]) -> str:
     for key in ("loss_G", "loss_D", "loss_r1", "pl_penalty", "augment_p", "r_t", "sec_per_kimg"):
         if key in line and isinstance(line[key], (int, float)):
             parts.append(f"{key} {line[key]:.4g}")
-    if "fid" in line:
-        parts.append(f"fid {line['fid']:.4g}")
+    for key, value in line.items():  # a measured snapshot's FID: fid_offline or fid_inception (gan.measure)
+        if key.startswith("fid_") and isinstance(value, (int, float)):
+            parts.append(f"{key} {value:.4g}")
     return "  ".join(parts)

@@ -242,28 +242,36 @@ def plot_closest_pairs(report, fake_images, real_images, count: int = 8,
     return figure
 
 
-def plot_snapshot_metrics(workspace, run: str, extractor: str = "offline"):
+def plot_snapshot_metrics(workspace, run: str, extractor: Optional[str] = None):
     """FID and diversity ratio of each snapshot measured with `python -m mura_aug metrics`, per class.
-    extractor: the features the FIDs were computed with (offline, inception)."""
+    extractor: the features the FIDs were computed with (offline, inception); None: those of the newest
+    measurement (so the plot follows whatever `metrics` used by default on this machine)."""
     import matplotlib.pyplot as plt
 
     from mura_aug.workspace import Workspace
 
     folder = Workspace(workspace).metrics_dir(run)
-    points: Dict[str, List[tuple]] = {}
+    results = []
     for path in sorted(folder.glob("*.json")):
         try:
             result = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        # results name their features (extractor_name); older ones only the requested extractor
+        # results name their features (extractor_name); older ones only the requested extractor (gan.measure
+        # writes them; importing its reader here would make the two modules import each other)
         features = result.get("extractor_name") or result.get("settings", {}).get("extractor")
-        if features != extractor or result.get("kimg") is None:
+        if result.get("kimg") is not None:
+            results.append((result["kimg"], features, result))
+    if extractor is None and results:
+        extractor = max(results, key=lambda item: item[0])[1]
+    points: Dict[str, List[tuple]] = {}
+    for kimg, features, result in results:
+        if features != extractor:
             continue
         comparable = bool(result.get("comparable_with_published_fid", extractor != "offline"))
         for cls, metrics in result.get("metrics", {}).items():
-            points.setdefault(cls, []).append((result["kimg"], metrics[f"fid_{extractor}"],
-                                               metrics["diversity_ratio"]))
+            points.setdefault(cls, []).append((kimg, metrics[f"fid_{extractor}"], metrics["diversity_ratio"]))
+    extractor = extractor or "standard"
     if not points:
         raise UserError(f"No {extractor} metrics of run {run} in {folder}.",
                         f"Measure a snapshot first: python -m mura_aug metrics --run {run} --extractor {extractor}")

@@ -33,8 +33,8 @@ from typing import Callable, Dict, List, Optional
 
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot
-from mura_aug.workspace import (COLAB_DRIVE_MOUNT, RunFolder, atomic_path, atomic_write_text, drive_vanished,
-                                is_unreliable, staging_folder)
+from mura_aug.workspace import (RunFolder, atomic_path, atomic_write_text, drive_vanished, is_unreliable,
+                                staging_folder)
 
 Log = Callable[[str], None]
 
@@ -243,7 +243,7 @@ class Stager:
 
     def _drive_gone(self) -> bool:
         return (self.last_error is not None and self.last_error.errno == errno.ENOTCONN
-                and str(self.run_dir.path).startswith(COLAB_DRIVE_MOUNT)) or drive_vanished(self.run_dir.path)
+                and is_unreliable(self.run_dir.path)) or drive_vanished(self.run_dir.path)
 
     def unreachable_message(self, what: str) -> str:
         newest = self.newest_local_state()
