@@ -1,12 +1,14 @@
 """The package as a user gets it: a wheel installed into a fresh environment, used from outside the repository.
 
 The wheel is built from this checkout and installed without dependencies into a throwaway virtual
-environment that reuses the installed ones (--system-site-packages), so the test needs no network.
+environment that borrows the installed ones (a .pth file naming this environment's site-packages), so the
+test needs no network.
 """
 from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 import sysconfig
@@ -47,8 +49,16 @@ def installed(tmp_path_factory):
     base = tmp_path_factory.mktemp("wheel")
     wheel = _build_wheel(base)
     venv = base / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], cwd=base)
+    _run([sys.executable, "-m", "venv", str(venv)], cwd=base)
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    # The environment running the tests lends its installed packages (torch, papermill, ...) to the new one,
+    # after the new one's own. Not --system-site-packages: run from a virtual environment (make test's .venv)
+    # that would lend the base interpreter's packages instead, which lack them. A .pth line only puts a folder
+    # on sys.path, without running that folder's .pth files, so this checkout's editable install stays out.
+    own = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                    cwd=base).stdout.strip())
+    lent = [path for path in site.getsitepackages() + [site.getusersitepackages()] if Path(path).is_dir()]
+    (own / "lent_packages.pth").write_text("\n".join(lent) + "\n", encoding="utf-8")
     _run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], cwd=base)
     outside = base / "elsewhere"
     outside.mkdir()
