@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -31,29 +30,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from machine_speed import cpu_model  # noqa: E402  (bench/machine_speed.py)
+from machine_speed import cpu_model, cpu_seconds, load_average  # noqa: E402  (bench/machine_speed.py)
 from mura_aug.prepare.demo_data import make_demo_mura  # noqa: E402
 from mura_aug.prepare.settings import PrepareSettings  # noqa: E402
 from mura_aug.prepare.stage import run_stage  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "prepare.md"
 SHOULDER_TRAIN, SHOULDER_VALID = 8379, 563  # images of XR_SHOULDER in MURA-v1.1
-
-
-def load_average() -> str:
-    try:
-        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process and its finished children (the worker processes)."""
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
 
 
 def timed_run(label: str, mura: Path, workspace: Path, resolution: int, workers: int) -> dict:

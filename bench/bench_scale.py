@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_speed import cpu_model  # noqa: E402  (bench/machine_speed.py)
+from machine_speed import cpu_model, cpu_seconds, load_average  # noqa: E402  (bench/machine_speed.py)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -86,7 +86,7 @@ def run_one(stage: str, scale: float, root: Path, parts) -> dict:
     import numpy as np
 
     before = 0
-    clock, cpu_before = time.perf_counter(), _cpu_seconds()
+    clock, cpu_before = time.perf_counter(), cpu_seconds()
     if stage in ("prepare_cold", "prepare_warm"):
         from mura_aug.prepare.settings import PrepareSettings
         from mura_aug.prepare.stage import run_stage
@@ -95,7 +95,7 @@ def run_one(stage: str, scale: float, root: Path, parts) -> dict:
             shutil.rmtree(workspace, ignore_errors=True)
         else:
             before = _folder_bytes(workspace)
-        clock, cpu_before = time.perf_counter(), _cpu_seconds()
+        clock, cpu_before = time.perf_counter(), cpu_seconds()
         images = 0
         for part in parts if len(parts) > 1 else [BODY_PART]:
             summary = run_stage(workspace, PrepareSettings(mura_path=str(mura), body_part=part,
@@ -109,7 +109,7 @@ def run_one(stage: str, scale: float, root: Path, parts) -> dict:
         cache = Workspace(workspace).cache
         shutil.rmtree(cache, ignore_errors=True)
         outputs = [cache]
-        clock, cpu_before = time.perf_counter(), _cpu_seconds()
+        clock, cpu_before = time.perf_counter(), cpu_seconds()
         images, _ = load_training_images(workspace, BODY_PART, "positive", GAN_RESOLUTION)
         detail = {"images": len(images), "array_bytes": int(images.nbytes)}
     elif stage == "fakes_write":
@@ -121,7 +121,7 @@ def run_one(stage: str, scale: float, root: Path, parts) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         outputs = [folder]
-        clock, cpu_before = time.perf_counter(), _cpu_seconds()
+        clock, cpu_before = time.perf_counter(), cpu_seconds()
         reals, _ = load_real_images(workspace, BODY_PART, "positive", GAN_RESOLUTION)
         count = round(FAKES_AT_FULL_SCALE * scale)
         rng = np.random.default_rng(0)
@@ -135,7 +135,7 @@ def run_one(stage: str, scale: float, root: Path, parts) -> dict:
 
         paths = _fake_paths(root, scale)
         outputs = []
-        clock, cpu_before = time.perf_counter(), _cpu_seconds()
+        clock, cpu_before = time.perf_counter(), cpu_seconds()
         if stage == "memorisation":
             from mura_aug.metrics.measures import memorised_fake_paths
 
@@ -157,7 +157,7 @@ def run_one(stage: str, scale: float, root: Path, parts) -> dict:
         from mura_aug.evaluate.data import ImageCache, load_tables, make_dataset
 
         outputs = []
-        clock, cpu_before = time.perf_counter(), _cpu_seconds()
+        clock, cpu_before = time.perf_counter(), cpu_seconds()
         from mura_aug.workspace import Workspace
 
         tables = load_tables(Workspace(workspace), BODY_PART, need_synthetic=False)
@@ -173,7 +173,7 @@ def run_one(stage: str, scale: float, root: Path, parts) -> dict:
         from mura_aug.evaluate.study_metrics import bootstrap_weights, metrics_with_intervals, seed_draws
 
         outputs = []
-        clock, cpu_before = time.perf_counter(), _cpu_seconds()
+        clock, cpu_before = time.perf_counter(), cpu_seconds()
         from mura_aug.evaluate.data import load_tables
         from mura_aug.workspace import Workspace
 
@@ -191,18 +191,10 @@ def run_one(stage: str, scale: float, root: Path, parts) -> dict:
     else:
         raise SystemExit(f"unknown stage {stage}")
     wall = time.perf_counter() - clock
-    cpu = _cpu_seconds() - cpu_before
+    cpu = cpu_seconds() - cpu_before
     return {"stage": stage, "scale": scale, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "peak_rss_mb": round(_peak_rss_bytes() / 2**20), "written_mb": round(
                 (_folder_bytes(*outputs) - before) / 2**20, 1) if outputs else 0.0, **detail}
-
-
-def _cpu_seconds() -> float:
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
 
 
 def _peak_rss_bytes() -> int:
@@ -312,13 +304,6 @@ def _codec() -> str:
     return png_codec()
 
 
-def _load() -> str:
-    try:
-        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scales", type=float, nargs="+", default=[0.125, 0.5, 1.0])
@@ -339,7 +324,7 @@ def main() -> None:
         return
     args.root.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    load_before = _load()
+    load_before = load_average()
     rows = []
     if args.append and RESULTS.is_file():
         raw = RESULTS.read_text().split("Raw: ", 1)[-1].strip()
@@ -355,7 +340,7 @@ def main() -> None:
             row = _child(stage, scale, args.root, True)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    write_results(rows, args, started, load_before, _load())
+    write_results(rows, args, started, load_before, load_average())
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ core, which slows a two-thread run much more than the one-thread reference shows
 """
 from __future__ import annotations
 
+import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -27,6 +29,23 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as written into results files."""
+    try:
+        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the worker processes)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def reference_conv_ms(repeats: int = 3, threads: int = 1) -> float:
