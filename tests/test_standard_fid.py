@@ -18,7 +18,7 @@ from mura_aug.gan import measure
 from mura_aug.gan.plots import plot_snapshot_metrics, plot_training_metrics
 from mura_aug.gan.settings import RunSettings
 from mura_aug.workspace import Workspace
-from test_metrics import TinyGenerator, blob_images, metrics_workspace, write_dataset_zip  # noqa: F401
+from metrics_helpers import TinyGenerator, blob_images, metrics_workspace, write_dataset_zip  # noqa: F401
 
 OFFLINE = "offline FID (not comparable with published FIDs)"
 
