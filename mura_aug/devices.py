@@ -84,11 +84,6 @@ def precision(amp: str, device) -> Precision:
     return Precision("bf16", autocast=torch.bfloat16)
 
 
-def autocast_dtype(amp: str, device):
-    """The dtype torch.autocast runs in under `amp` on `device`, or None (see `precision`)."""
-    return precision(amp, device).autocast
-
-
 def grad_scaler(device, enabled: bool = True):
     """A torch GradScaler for `device` (CUDA or CPU; torch.amp.GradScaler since torch 2.3, the CUDA one before).
     Its state_dict() is what a training state stores, load_state_dict() what a resume restores."""

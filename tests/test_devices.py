@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mura_aug.devices import (AMP_MODES, GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM_THRESHOLD, autocast_dtype,
-                              glibc_malloc_start_settings, resolve_device, reuse_freed_cpu_memory)
+from mura_aug.devices import (AMP_MODES, GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM_THRESHOLD,
+                              glibc_malloc_start_settings, precision, resolve_device, reuse_freed_cpu_memory)
 from mura_aug.errors import UserError
 
 
@@ -46,9 +46,9 @@ def test_cuda_without_a_gpu_is_a_user_error_whatever_the_spelling():
 def test_mixed_precision_on_a_cpu_only_when_asked_for_by_name_and_only_known_modes():
     for amp in AMP_MODES:
         # the CPU trains in float32 unless bf16 autocast is asked for (tests/test_mixed_precision.py)
-        assert autocast_dtype(amp, "cpu") == (torch.bfloat16 if amp == "bf16" else None)
+        assert precision(amp, "cpu").autocast == (torch.bfloat16 if amp == "bf16" else None)
     with pytest.raises(UserError, match="amp='half'") as caught:
-        autocast_dtype("half", "cpu")
+        precision("half", "cpu")
     assert "auto, bf16, fp16, off" in caught.value.fix
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mura_aug import cli
-from mura_aug.devices import AMP_MODES, autocast_dtype, precision
+from mura_aug.devices import AMP_MODES, precision
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot as snap
 from mura_aug.gan.loop import without_timings
@@ -32,7 +32,7 @@ def finite_losses(stats):
 
 def test_what_each_amp_setting_means_on_a_cpu():
     assert precision("off", "cpu").name == precision("auto", "cpu").name == "fp32"
-    assert autocast_dtype("auto", "cpu") is None  # a CPU trains in float32 unless bf16 is asked for by name
+    assert precision("auto", "cpu").autocast is None  # a CPU trains in float32 unless bf16 is asked for by name
     bf16 = precision("bf16", "cpu")
     assert (bf16.autocast, bf16.fp16_blocks, bf16.grad_scaler) == (torch.bfloat16, False, False)
     fp16 = precision("fp16", "cpu")  # NVIDIA's scheme: fp16 blocks (float32 on a CPU) and a grad scaler
