@@ -86,8 +86,11 @@ def test_networks_use_winograd_on_cpu_with_the_same_results_and_double_derivativ
         if grad_a is None:
             assert grad_b is None
             continue
+        # 1 %: some of these double-backward gradients are small sums of large terms, so float rounding alone
+        # moves them by up to ~0.5 % (measured on an AMD EPYC: the direct convolution in NCHW against the same
+        # in channels-last, no Winograd at all). A wrong transform or a missing term is off by 100 %.
         scale = grad_a.abs().max().clamp_min(1e-6)
-        assert (grad_b - grad_a).abs().max() <= 2e-3 * scale
+        assert (grad_b - grad_a).abs().max() <= 1e-2 * scale
 
 
 def test_small_layers_and_the_switch_keep_the_direct_convolution(monkeypatch):

@@ -7,12 +7,15 @@ networks.py builds the model from these (it reads like the paper; this module is
 - convolution with integrated up/downsampling (`conv2d_resample`), with the Winograd switch for the big
   stride-1 3x3 convolutions on a CPU (`CPU_WINOGRAD`, mura_aug.gan.winograd);
 - bias + activation + gain + clamp (`bias_act`, `activate`, `clamp_to`) as ordinary tensor ops;
-- the dtype and memory format of a block (`block_dtype`, `block_memory_format`).
+- the dtype and memory format of a block (`block_dtype`, `block_memory_format`, the CPU's measured layout
+  `cpu_channels_last`).
 Everything runs on CPU and CUDA with any torch >= 2.1; results match NVlabs' ops to float rounding.
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -298,10 +301,34 @@ def block_dtype(use_fp16: bool, device: torch.device, force_fp32: bool):
     return torch.float16 if use_fp16 and not force_fp32 and device.type == "cuda" else torch.float32
 
 
-def block_memory_format(fp16_channels_last: bool, dtype):
-    """channels-last for float16 blocks built with fp16_channels_last (NVlabs' option for tensor cores),
-    NCHW otherwise. On a CPU channels-last measured 5-10 % slower for the whole networks
-    (docs/gan_networks.md), so it has no CPU switch."""
+def block_memory_format(fp16_channels_last: bool, dtype, device: torch.device):
+    """channels-last for float16 blocks built with fp16_channels_last (NVlabs' option for tensor cores); on a
+    CPU, channels-last for the float32 blocks where this CPU runs the networks' convolutions faster that way
+    (cpu_channels_last); NCHW otherwise."""
     if dtype == torch.float16 and fp16_channels_last:
         return torch.channels_last
+    if device.type == "cpu" and dtype == torch.float32 and cpu_channels_last():
+        return torch.channels_last
     return torch.contiguous_format
+
+
+# Whether channels-last pays for float32 on a CPU depends on the CPU. Measured: on an AMD EPYC whose widest vector
+# unit is AVX2, tiny-32 training ran 10-15 % faster channels-last (bench/results/train_cpu.md); on an Intel Xeon
+# with AVX-512 the networks ran 5-10 % slower (docs/gan_networks.md). So the rule follows the vector unit torch
+# dispatches to: channels-last where that is AVX2. A fixed rule, not a timing probe, so that two runs on one
+# machine compute the same numbers (a probe under load would pick either layout, and the layouts round
+# differently). None: that rule; True / False: fixed (tests and benchmarks compare the two).
+CPU_CHANNELS_LAST: Optional[bool] = None
+_CHANNELS_LAST_CPU_CAPABILITIES = ("AVX2",)  # torch.backends.cpu.get_cpu_capability() values
+
+
+def cpu_channels_last() -> bool:
+    """Whether float32 blocks run channels-last on this CPU (CPU_CHANNELS_LAST, else the vector-unit rule)."""
+    if CPU_CHANNELS_LAST is not None:
+        return bool(CPU_CHANNELS_LAST)
+    return _cpu_capability() in _CHANNELS_LAST_CPU_CAPABILITIES
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()  # fixed for the process; asked once, not once per block
