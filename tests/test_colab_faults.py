@@ -15,7 +15,7 @@ import torch
 
 from mura_aug.gan import snapshot as snap
 from mura_aug.gan.loop import without_timings
-from mura_aug.gan.staging import COPY_DELAY_ENV
+from mura_aug.gan.staging import COPY_DELAY_ENV, copy_verified
 from mura_aug.workspace import STAGING_ENV, RunFolder, staging_folder
 
 from gan_datasets import make_dataset  # noqa: E402  (tests/ is on sys.path)
@@ -33,6 +33,18 @@ def test_snap_minutes_snapshots_between_snap_ticks(tmp_path):
     assert any("a kill loses at most" in m and "0.0001 minutes" in m for m in messages)
     only_ticks = train_tiny(make_dataset(tmp_path / "ws2"), kimg=3 * TICK_KIMG, snap=2, snap_minutes=None)
     assert [info.kimg for info in snap.list_snapshots(only_ticks)] == pytest.approx([2 * TICK_KIMG, 3 * TICK_KIMG])
+
+
+def test_a_verified_copy_has_the_sources_bytes_and_no_temporary_left(tmp_path):
+    source = tmp_path / "local" / "state-000000.008kimg.pt"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(50_000))
+    target = tmp_path / "workspace" / source.name
+    target.parent.mkdir()
+    target.write_bytes(b"an older copy")
+    copy_verified(source, target)
+    assert target.read_bytes() == source.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == [source.name]
 
 
 def _same_weights(state_a, state_b, keys=("G_ema", "G", "D")):

@@ -33,8 +33,8 @@ from typing import Callable, Dict, List, Optional
 
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot
-from mura_aug.workspace import (RunFolder, atomic_path, atomic_write_text, drive_vanished, is_unreliable,
-                                staging_folder)
+from mura_aug.workspace import (RunFolder, atomic_path, atomic_write_text, drive_vanished, file_sha256,
+                                is_unreliable, staging_folder)
 
 Log = Callable[[str], None]
 
@@ -54,14 +54,6 @@ REMOUNT = ('Google Drive was unmounted. Stop the training cell (■) when you ca
            '(RESUME = "latest" continues from the local state and copies it to Drive)')
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def copy_verified(source: Path, target: Path) -> None:
     """Copy `source` to `target` so that `target` is either as before or a verified copy: written to a
     temporary name, fsynced, read back and compared (size and SHA-256), then renamed. OSError on failure
@@ -78,7 +70,7 @@ def copy_verified(source: Path, target: Path) -> None:
             delay = float(os.environ.get(COPY_DELAY_ENV, "0") or 0)
             if delay > 0:
                 time.sleep(delay)
-            if tmp.stat().st_size != size or sha256_of(tmp) != digest.hexdigest():
+            if tmp.stat().st_size != size or file_sha256(tmp, CHUNK_BYTES) != digest.hexdigest():
                 raise OSError(errno.EIO, f"the copy does not match the local file {source} (size or SHA-256)",
                               str(target))
     except UserError as exc:
