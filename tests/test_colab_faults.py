@@ -15,7 +15,7 @@ import torch
 
 from mura_aug.gan import snapshot as snap
 from mura_aug.gan.loop import without_timings
-from mura_aug.gan.staging import COPY_DELAY_ENV, copy_verified
+from mura_aug.gan.staging import COPY_DELAY_ENV, Stager, copy_verified
 from mura_aug.workspace import STAGING_ENV, RunFolder, staging_folder
 
 from gan_datasets import make_dataset  # noqa: E402  (tests/ is on sys.path)
@@ -45,6 +45,25 @@ def test_a_verified_copy_has_the_sources_bytes_and_no_temporary_left(tmp_path):
     copy_verified(source, target)
     assert target.read_bytes() == source.read_bytes()
     assert [p.name for p in target.parent.iterdir()] == [source.name]
+
+
+def test_stats_lines_that_wait_on_local_disk_are_rewound_on_resume_then_appended_once(tmp_path):
+    run = RunFolder(tmp_path / "ws" / "run")
+    run.path.mkdir(parents=True)
+    run.stats.mkdir()  # a folder in the way: every append to stats.jsonl fails with an OSError
+    local = RunFolder(tmp_path / "local")
+    local.path.mkdir()
+    stager = Stager(run, local, keep=2, keep_networks_every=1, log=print)
+    for tick in (1, 2, 3):
+        stager.append_stats({"tick": tick, "kimg": tick / 10})
+    with open(local.pending_stats, "a") as handle:
+        handle.write('{"tick": 4, "ki')  # a line cut off by a kill
+    assert [line["tick"] for line in snap.read_stats_file(local.pending_stats)] == [1, 2, 3]
+    stager.rewind_pending(2)  # the resumed state is tick 2's: tick 3 is trained again
+    run.stats.rmdir()
+    stager.append_stats({"tick": 3, "kimg": 0.3})
+    assert [line["tick"] for line in snap.read_stats(run.path)] == [1, 2, 3]
+    assert not local.pending_stats.exists()
 
 
 def _same_weights(state_a, state_b, keys=("G_ema", "G", "D")):

@@ -369,15 +369,21 @@ def save_fakes_grid(G, seed: int, path: PathLike) -> Path:
 
 def read_stats(run_dir: PathLike) -> List[Dict[str, Any]]:
     """The stats lines of a run (one dict per tick); a line cut off by a kill is ignored."""
-    path = RunFolder(run_dir).stats
+    return read_stats_file(RunFolder(run_dir).stats)
+
+
+def read_stats_file(path: PathLike) -> List[Dict[str, Any]]:
+    """The JSON lines of a stats file (a run's stats.jsonl, or the staging folder's lines waiting for it);
+    [] when there is none, and a line cut off by a kill is ignored."""
+    path = Path(path)
     if not path.is_file():
         return []
     lines = []
-    for raw in path.read_text().splitlines():
+    for raw in path.read_text(encoding="utf-8").splitlines():
         try:
             entry = json.loads(raw)
         except ValueError:
-            continue
+            continue  # a line cut by a kill
         if isinstance(entry, dict):
             lines.append(entry)
     return lines
@@ -386,11 +392,16 @@ def read_stats(run_dir: PathLike) -> List[Dict[str, Any]]:
 def rewind_stats(run_dir: PathLike, tick: int) -> int:
     """Keep only the stats lines up to and including `tick` (the resumed state's), so that after a resume
     no tick appears twice and none is missing. Returns the number of lines kept."""
-    path = RunFolder(run_dir).stats
-    kept = [entry for entry in read_stats(run_dir) if int(entry.get("tick", -1)) <= tick]
-    text = "".join(json.dumps(entry) + "\n" for entry in kept)
+    return rewind_stats_file(RunFolder(run_dir).stats, tick)
+
+
+def rewind_stats_file(path: PathLike, tick: int) -> int:
+    """rewind_stats for one stats file (written atomically; not created when absent and nothing is kept).
+    Returns the number of lines kept."""
+    path = Path(path)
+    kept = [entry for entry in read_stats_file(path) if int(entry.get("tick", -1)) <= tick]
     if path.exists() or kept:
-        atomic_write_text(path, text)
+        atomic_write_text(path, "".join(json.dumps(entry) + "\n" for entry in kept))
     return len(kept)
 
 

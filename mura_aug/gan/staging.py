@@ -33,8 +33,8 @@ from typing import Callable, Dict, List, Optional
 
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot
-from mura_aug.workspace import (RunFolder, atomic_path, atomic_write_text, drive_vanished, file_sha256,
-                                is_unreliable, staging_folder)
+from mura_aug.workspace import (RunFolder, atomic_path, drive_vanished, file_sha256, is_unreliable,
+                                staging_folder)
 
 Log = Callable[[str], None]
 
@@ -263,10 +263,7 @@ class Stager:
     def rewind_pending(self, tick: int) -> None:
         """A resumed call starts from the state's tick: waiting lines after it are dropped (as rewind_stats
         does on the workspace), so no tick is appended twice."""
-        path = self.local.pending_stats
-        if path.exists():
-            kept = [entry for entry in _read_lines(path) if int(entry.get("tick", -1)) <= tick]
-            atomic_write_text(path, "".join(json.dumps(entry) + "\n" for entry in kept))
+        snapshot.rewind_stats_file(self.local.pending_stats, tick)
 
     def _wait(self, line: dict) -> None:
         with open(self.local.pending_stats, "a", encoding="utf-8") as handle:
@@ -278,7 +275,7 @@ class Stager:
         path = self.local.pending_stats
         if not path.exists():
             return True
-        waiting = _read_lines(path)
+        waiting = snapshot.read_stats_file(path)
         for attempt in range(len(delays) + 1):
             try:
                 # A line whose append failed after its bytes were written may be there already: skip it.
@@ -295,15 +292,3 @@ class Stager:
                 if attempt < len(delays):
                     time.sleep(delays[attempt])
         return False
-
-
-def _read_lines(path: Path) -> List[dict]:
-    lines = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            continue  # a line cut by a kill
-        if isinstance(entry, dict):
-            lines.append(entry)
-    return lines
