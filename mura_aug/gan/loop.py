@@ -169,7 +169,7 @@ def find_run(workspace, run: Optional[str] = None, body_part: Optional[str] = No
             raise UserError(f"There is no training run{of} in {workspace.experiments} yet.",
                             "Start one with notebook 02 / 03 or python -m mura_aug train.")
         return max(runs, key=lambda r: r.mtime).path
-    run_dir = _run_folder_named(workspace, str(run)) or Path(run).expanduser()
+    run_dir = _resume_path(workspace, str(run))
     if not run_dir.is_dir():
         names = ", ".join(r.name for r in snapshot.list_runs(workspace)) or "none yet"
         raise UserError(f"No run named {run!r} in {workspace.experiments}.", f"Use one of: {names}.")
