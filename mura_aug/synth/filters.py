@@ -265,16 +265,12 @@ def memorised_fakes(workspace: Workspace, body_part: str, cls: str, paths: Seque
     from mura_aug import metrics
     from mura_aug.gan.dataset import load_real_images
 
-    from mura_aug.metrics.measures import file_pixel_descriptors, memorisation_of_descriptors, pixel_descriptors
-
     if not paths:
         return {}
     resolution = int(metrics.read_image_files(paths[:1]).shape[-1])
     check_memorisation_dataset(workspace, body_part, cls, resolution)
     reals, names = load_real_images(workspace, body_part, cls, resolution)
-    # Fakes streamed into 32 px descriptors (10,000 fakes at 256 px would be 2 GB as one array).
-    report = memorisation_of_descriptors(file_pixel_descriptors(paths), pixel_descriptors(reals),
-                                         threshold=threshold)
+    report = metrics.memorisation_of_files(paths, reals, threshold=threshold)
     return {i: (str(names[report.nearest_real[i]]), float(report.distance[i]), report.threshold)
             for i in np.flatnonzero(report.flagged)}
 
