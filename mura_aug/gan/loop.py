@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from mura_aug.devices import (accelerator_memory_text, free_accelerator_memory, grad_scaler, is_out_of_memory,
-                              precision, resolve_device, reuse_freed_cpu_memory)
+                              out_of_memory_line, precision, resolve_device, reuse_freed_cpu_memory)
 from mura_aug.errors import UserError, os_errors_as_user_errors
 from mura_aug.gan import estimates, rng, snapshot, staging, transfer
 from mura_aug.gan.configs import TrainConfig, make_config
@@ -782,7 +782,7 @@ class _Run:
             except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
                 if not is_out_of_memory(exc):
                     raise
-                out_of_memory = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                out_of_memory = out_of_memory_line(exc)
             # Outside the except clause, so that the failed pass' tensors (held by the traceback) are freed.
             opt.zero_grad(set_to_none=True)
             module.requires_grad_(False)
