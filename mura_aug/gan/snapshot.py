@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, failures_as_user_error
 from mura_aug.gan import sampling
 from mura_aug.gan.torch_files import REFUSED, UnsafeFileError, load_weights_only, save_torch_file
 from mura_aug.workspace import (SNAPSHOT_NAME, RunFolder, Workspace, atomic_path, atomic_write_text,
@@ -270,15 +270,11 @@ def load_state(path: PathLike) -> Dict[str, Any]:
     if not path.is_file():
         raise UserError(f"No training state at {path}.",
                         "Pass a state-*kimg.pt file or a run folder (python -m mura_aug runs lists them).")
-    try:
+    with failures_as_user_error(lambda exc: f"The training state {path} cannot be loaded ({type(exc).__name__}: "
+                                            f"{exc}); it is probably truncated by an interrupted write or copy.",
+                                "Resume from an earlier state of the same run: --resume latest skips unreadable "
+                                "ones."):
         return _load_state_unchecked(path)
-    except UnsafeFileError:
-        raise
-    except Exception as exc:
-        raise UserError(f"The training state {path} cannot be loaded ({type(exc).__name__}: {exc}); it is "
-                        "probably truncated by an interrupted write or copy.",
-                        "Resume from an earlier state of the same run: --resume latest skips unreadable ones."
-                        ) from exc
 
 
 def load_newest_state(run_dir: PathLike, log=print) -> Tuple[Optional[SnapshotInfo], Optional[Dict[str, Any]]]:

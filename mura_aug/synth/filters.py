@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from mura_aug.devices import resolve_device
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, failures_as_user_error
 from mura_aug.gan import sampling
-from mura_aug.gan.torch_files import UnsafeFileError, load_weights_only
+from mura_aug.gan.torch_files import load_weights_only
 from mura_aug.synth.generate import open_gray
 from mura_aug.synth.manifest import NO_FILTER, read_manifest, write_manifest
 from mura_aug.synth.settings import DUPLICATE_THUMB_PX
@@ -127,13 +127,9 @@ def load_discriminator(path: PathLike, device=None):
     else:
         from mura_aug.gan.networks import Discriminator
 
-        try:
+        with failures_as_user_error(lambda exc: f"The state file {path} cannot be read ({type(exc).__name__}).",
+                                    "Use an earlier state-*kimg.pt of the run."):
             payload = load_weights_only(path)
-        except UnsafeFileError:
-            raise
-        except Exception as exc:
-            raise UserError(f"The state file {path} cannot be read ({type(exc).__name__}).",
-                            "Use an earlier state-*kimg.pt of the run.") from exc
         D_kwargs = _discriminator_kwargs(payload)
         if D_kwargs is None or not isinstance(payload.get("D"), dict):
             raise UserError(f"{path} holds no discriminator (D weights and its constructor arguments).",
