@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from mura_aug.gan import loop
 from mura_aug.gan import snapshot as snap
 from mura_aug.gan.loop import without_timings
 from mura_aug.gan.staging import COPY_DELAY_ENV, Stager, copy_verified
 from mura_aug.workspace import STAGING_ENV, RunFolder, staging_folder
 
 from gan_datasets import make_dataset  # noqa: E402  (tests/ is on sys.path)
-from gan_training import TICK_KIMG, train_tiny  # noqa: E402
+from gan_training import TICK_KIMG, tiny_settings, train_tiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,11 +29,25 @@ def test_snap_minutes_snapshots_between_snap_ticks(tmp_path):
     workspace = make_dataset(tmp_path / "ws")
     messages = []
     # SNAP 100 ticks would snapshot only at the end; 0.0001 minutes (6 ms) passes within every tick.
+    said = loop.preflight(workspace, tiny_settings(kimg=3 * TICK_KIMG, snap=100, snap_minutes=0.0001))
+    assert "a kill loses at most" in said and "0.0001 minutes" in said
     run_dir = train_tiny(workspace, kimg=3 * TICK_KIMG, snap=100, snap_minutes=0.0001, log=messages.append)
     assert [info.kimg for info in snap.list_snapshots(run_dir)] == pytest.approx([TICK_KIMG * k for k in (1, 2, 3)])
-    assert any("a kill loses at most" in m and "0.0001 minutes" in m for m in messages)
+    assert not any("a kill loses at most" in m for m in messages)  # preflight said it; train does not repeat it
     only_ticks = train_tiny(make_dataset(tmp_path / "ws2"), kimg=3 * TICK_KIMG, snap=2, snap_minutes=None)
     assert [info.kimg for info in snap.list_snapshots(only_ticks)] == pytest.approx([2 * TICK_KIMG, 3 * TICK_KIMG])
+
+
+def test_the_command_line_says_once_what_a_kill_could_cost(tmp_path, capsys):
+    from mura_aug import cli
+
+    workspace = make_dataset(tmp_path / "ws")
+    status = cli.main(["train", "--workspace", str(workspace.root), "--label", "positive", "--cfg", "tiny",
+                       "--resolution", "16", "--kimg", str(TICK_KIMG), "--kimg-per-tick", str(TICK_KIMG),
+                       "--batch", "4", "--device", "cpu", "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.count("a kill loses at most") == 1 and out.index("a kill loses at most") < out.index("tick 1")
 
 
 def test_a_verified_copy_has_the_sources_bytes_and_no_temporary_left(tmp_path):

@@ -111,9 +111,10 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def preflight(workspace, settings: RunSettings) -> str:
-    """What a `train` call with `settings` is about to do, in one line, before it loads anything (notebooks
-    02/03 print it first): the run, the device and, on a CPU, how long a full-size network would take there.
-    Raises the same UserError as `train` for a full-size run at >= 128 px on a CPU without cpu_ok."""
+    """What a `train` call with `settings` is about to do, before it loads anything: the run, the device and,
+    on a CPU, how long a full-size network would take there; then what a kill could cost (kill_cost). The one
+    place that says so: notebooks 02-04 and the CLI print it before they call `train`, which does not repeat
+    it. Raises the same UserError as `train` for a full-size run at >= 128 px on a CPU without cpu_ok."""
     workspace = resolve_workspace(workspace)
     resolved = resolved_settings(workspace, settings)
     resolution = resolved.resolution or choose_source(workspace, resolved.body_part,
@@ -641,8 +642,6 @@ class _Run:
             state_bytes = snapshot.estimate_state_bytes(self.G, self.D)
             network_bytes = sum(t.numel() * t.element_size() for t in self.G_ema.state_dict().values())
             snapshot.check_free_space(self.run_dir.path, state_bytes, network_bytes)
-            self.log(kill_cost(self.settings, int(self.G_kwargs["img_resolution"]), self.device,
-                               self.run_dir.path if self.start.state is not None else None))
             self.history.append({"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                  "from_kimg": self.progress.cur_nimg / 1000, "target_kimg": total_nimg / 1000,
                                  "resumed": self.start.state is not None, "world_size": self.dist.world_size})
