@@ -73,7 +73,9 @@ def train(workspace, settings: RunSettings, on_tick: Optional[Callable[[Dict[str
     runs with the RNG states forked, so it cannot change the training); log: where progress lines go.
     Inside an initialised torch.distributed process group (torchrun) every rank calls this with the same
     settings; they train together and only rank 0 writes files and logs. A file-system error (a read-only
-    or full disk, a dropped mount) ends in a UserError naming the path and the fix, as in every stage."""
+    or full disk, a dropped mount) ends in a UserError naming the path and the fix, as in every stage.
+    What the call is about to do (on a CPU how long it would take, what a kill could cost) is `preflight`'s
+    to say: the notebooks and the CLI print it before they call this, so it is said once."""
     with os_errors_as_user_errors("training"):
         return _train(workspace, settings, on_tick, on_snapshot, log)
 
@@ -86,10 +88,9 @@ def _train(workspace, settings: RunSettings, on_tick, on_snapshot, log: Log) -> 
     workspace = resolve_workspace(workspace)  # the other ranks only read
     start = _plan(workspace, settings, log if is_writer else None)
     device = resolve_device(start.settings.device)  # a resumed run's own device unless the call names one
-    on_cpu = estimates.refuse_slow_cpu_run(start.settings.cfg, start.settings.resolution, start.settings.kimg,
-                                           device, start.settings.cpu_ok)
-    if on_cpu:
-        log(on_cpu)
+    # Refuses a full-size run on a CPU without cpu_ok; the estimate it gives otherwise is preflight's to say.
+    estimates.refuse_slow_cpu_run(start.settings.cfg, start.settings.resolution, start.settings.kimg, device,
+                                  start.settings.cpu_ok)
     dist = Distributed(device)
     if start.settings.metrics_every > 0 and on_snapshot is None:
         log("metrics_every is set, but no on_snapshot measures anything: no metrics in stats.jsonl")
