@@ -21,6 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+from mura_aug.gan.snapshot import list_snapshots  # noqa: E402  (this checkout's package, as the demo runs it)
+from mura_aug.notebooks.series import SERIES_RECORD  # noqa: E402
+from mura_aug.workspace import Workspace, kimg_tag  # noqa: E402
+
 TARGET_S = 360  # the whole cold demo within 6 minutes (issue 18)
 GRID_UPSCALE = 3  # nearest-neighbour, so 32 px images stay sharp in the committed picture
 
@@ -31,7 +36,7 @@ def run_demo(workspace: Path) -> dict:
     completed = subprocess.run([sys.executable, "-m", "mura_aug", "demo", "--workspace", str(workspace),
                                 "--no-progress"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     wall_s = time.perf_counter() - started
-    record_path = workspace / "results" / "notebooks" / "series_run.json"
+    record_path = Workspace(workspace).executed_notebooks / SERIES_RECORD
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"notebooks": []}
     if completed.returncode != 0:
         print(completed.stdout[-3000:], completed.stderr[-3000:], sep="\n", file=sys.stderr)
@@ -50,19 +55,20 @@ def save_grids_beside(workspace: Path, out: Path) -> Path:
     from PIL import Image, ImageDraw
 
     rows = []
-    for run_dir in sorted((workspace / "data" / "experiments").iterdir()):
-        fakes = sorted(run_dir.glob("fakes-*kimg.png"))
-        if not (run_dir / "reals.png").is_file() or not fakes:
+    for run in Workspace(workspace).runs():
+        grids = [info for info in list_snapshots(run.path) if info.fakes_path is not None]
+        if not run.reals.is_file() or not grids:
             continue
-        with Image.open(run_dir / "reals.png") as reals, Image.open(fakes[-1]) as fake:
+        newest = grids[-1]
+        with Image.open(run.reals) as reals, Image.open(newest.fakes_path) as fake:
             pair = [image.convert("L").resize((image.width * GRID_UPSCALE, image.height * GRID_UPSCALE),
                                               Image.NEAREST) for image in (reals, fake)]
         row = Image.new("L", (pair[0].width + pair[1].width + 20, max(p.height for p in pair) + 24), 255)
         row.paste(pair[0], (0, 24))
         row.paste(pair[1], (pair[0].width + 20, 24))
         draw = ImageDraw.Draw(row)
-        draw.text((4, 4), f"{run_dir.name}: real training images", fill=0)
-        draw.text((pair[0].width + 24, 4), f"fakes at {fakes[-1].stem.split('-')[1]} (G_ema, seeds 0..)", fill=0)
+        draw.text((4, 4), f"{run.name}: real training images", fill=0)
+        draw.text((pair[0].width + 24, 4), f"fakes at {kimg_tag(newest.kimg)}kimg (G_ema, seeds 0..)", fill=0)
         rows.append(row)
     sheet = Image.new("L", (max(r.width for r in rows), sum(r.height + 10 for r in rows)), 255)
     top = 0

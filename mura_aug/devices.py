@@ -109,6 +109,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower() and "CUDA" in str(exc)
 
 
+def out_of_memory_line(exc: BaseException) -> str:
+    """The one line an out-of-memory message quotes of `exc`: its type and the first line of its text
+    ('OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB ...'; CUDA's further lines of
+    allocator advice would drown the message that says what we do about it)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def free_accelerator_memory(device) -> None:
     """Give the memory of the tensors freed after an out-of-memory error back to the CUDA allocator's pool,
     so that the next, smaller try can use it (a no-op elsewhere)."""

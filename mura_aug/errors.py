@@ -3,10 +3,12 @@
 A UserError's message names the thing that is wrong and says what to do. The CLI prints it without a
 traceback; notebooks show it as the cell's error. File-system errors (a wrong path, a read-only or full disk,
 a symbolic-link loop, a Drive mount that dropped) reach the user the same way: `os_errors_as_user_errors`
-turns an OSError into a UserError that names the path and the fix for that errno.
+turns an OSError into a UserError that names the path and the fix for that errno; `failures_as_user_error`
+turns any other failure of a step (a file that does not load) into the UserError its caller words.
 """
 import contextlib
 import errno
+from typing import Callable
 
 
 class UserError(Exception):
@@ -68,3 +70,16 @@ def os_errors_as_user_errors(action: str = ""):
         if exc.errno is None:
             raise
         raise from_os_error(exc, action) from exc
+
+
+@contextlib.contextmanager
+def failures_as_user_error(problem: Callable[[Exception], str], fix: str):
+    """Inside: an exception leaves as UserError(problem(exc), fix), chained to it, unless it is a UserError
+    already (it says what is wrong and what to do: a file the weights-only loader refused, a full disk), which
+    passes unchanged. For a step whose every failure means the same to the user ("this file cannot be read")."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(problem(exc), fix) from exc

@@ -606,6 +606,19 @@ def atomic_copy(src: PathLike, dst: PathLike) -> Path:
     return Path(dst)
 
 
+HASH_CHUNK_BYTES = 8 * 2 ** 20  # bytes read at a time when hashing a file (large sequential reads suit Drive)
+
+
+def file_sha256(path: PathLike, chunk_bytes: int = HASH_CHUNK_BYTES) -> str:
+    """The SHA-256 of a file's bytes as a hex string, read `chunk_bytes` (bytes) at a time so that a file of
+    gigabytes (a cached training array) never sits in memory. OSError when the file cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def free_bytes(path: PathLike) -> int:
     """Free space (bytes) on the file system that holds `path` (or its nearest existing parent)."""
     probe = Path(path)

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from mura_aug.gan import loop
 from mura_aug.gan import snapshot as snap
 from mura_aug.gan.loop import without_timings
-from mura_aug.gan.staging import COPY_DELAY_ENV
+from mura_aug.gan.staging import COPY_DELAY_ENV, Stager, copy_verified
 from mura_aug.workspace import STAGING_ENV, RunFolder, staging_folder
 
 from gan_datasets import make_dataset  # noqa: E402  (tests/ is on sys.path)
-from gan_training import TICK_KIMG, train_tiny  # noqa: E402
+from gan_training import TICK_KIMG, tiny_settings, train_tiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,11 +29,56 @@ def test_snap_minutes_snapshots_between_snap_ticks(tmp_path):
     workspace = make_dataset(tmp_path / "ws")
     messages = []
     # SNAP 100 ticks would snapshot only at the end; 0.0001 minutes (6 ms) passes within every tick.
+    said = loop.preflight(workspace, tiny_settings(kimg=3 * TICK_KIMG, snap=100, snap_minutes=0.0001))
+    assert "a kill loses at most" in said and "0.0001 minutes" in said
     run_dir = train_tiny(workspace, kimg=3 * TICK_KIMG, snap=100, snap_minutes=0.0001, log=messages.append)
     assert [info.kimg for info in snap.list_snapshots(run_dir)] == pytest.approx([TICK_KIMG * k for k in (1, 2, 3)])
-    assert any("a kill loses at most" in m and "0.0001 minutes" in m for m in messages)
+    assert not any("a kill loses at most" in m for m in messages)  # preflight said it; train does not repeat it
     only_ticks = train_tiny(make_dataset(tmp_path / "ws2"), kimg=3 * TICK_KIMG, snap=2, snap_minutes=None)
     assert [info.kimg for info in snap.list_snapshots(only_ticks)] == pytest.approx([2 * TICK_KIMG, 3 * TICK_KIMG])
+
+
+def test_the_command_line_says_once_what_a_kill_could_cost(tmp_path, capsys):
+    from mura_aug import cli
+
+    workspace = make_dataset(tmp_path / "ws")
+    status = cli.main(["train", "--workspace", str(workspace.root), "--label", "positive", "--cfg", "tiny",
+                       "--resolution", "16", "--kimg", str(TICK_KIMG), "--kimg-per-tick", str(TICK_KIMG),
+                       "--batch", "4", "--device", "cpu", "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.count("a kill loses at most") == 1 and out.index("a kill loses at most") < out.index("tick 1")
+
+
+def test_a_verified_copy_has_the_sources_bytes_and_no_temporary_left(tmp_path):
+    source = tmp_path / "local" / "state-000000.008kimg.pt"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(50_000))
+    target = tmp_path / "workspace" / source.name
+    target.parent.mkdir()
+    target.write_bytes(b"an older copy")
+    copy_verified(source, target)
+    assert target.read_bytes() == source.read_bytes()
+    assert [p.name for p in target.parent.iterdir()] == [source.name]
+
+
+def test_stats_lines_that_wait_on_local_disk_are_rewound_on_resume_then_appended_once(tmp_path):
+    run = RunFolder(tmp_path / "ws" / "run")
+    run.path.mkdir(parents=True)
+    run.stats.mkdir()  # a folder in the way: every append to stats.jsonl fails with an OSError
+    local = RunFolder(tmp_path / "local")
+    local.path.mkdir()
+    stager = Stager(run, local, keep=2, keep_networks_every=1, log=print)
+    for tick in (1, 2, 3):
+        stager.append_stats({"tick": tick, "kimg": tick / 10})
+    with open(local.pending_stats, "a") as handle:
+        handle.write('{"tick": 4, "ki')  # a line cut off by a kill
+    assert [line["tick"] for line in snap.read_stats_file(local.pending_stats)] == [1, 2, 3]
+    stager.rewind_pending(2)  # the resumed state is tick 2's: tick 3 is trained again
+    run.stats.rmdir()
+    stager.append_stats({"tick": 3, "kimg": 0.3})
+    assert [line["tick"] for line in snap.read_stats(run.path)] == [1, 2, 3]
+    assert not local.pending_stats.exists()
 
 
 def _same_weights(state_a, state_b, keys=("G_ema", "G", "D")):

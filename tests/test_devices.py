@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mura_aug.devices import (AMP_MODES, GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM_THRESHOLD,
-                              glibc_malloc_start_settings, precision, resolve_device, reuse_freed_cpu_memory)
+                              glibc_malloc_start_settings, is_out_of_memory, out_of_memory_line, precision,
+                              resolve_device, reuse_freed_cpu_memory)
 from mura_aug.errors import UserError
 
 
@@ -84,6 +85,15 @@ def _fresh_block_is_mmapped() -> bool:
 
 
 @GLIBC_ONLY
+def test_an_out_of_memory_error_is_quoted_by_its_type_and_first_line_only():
+    exc = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total)\n"
+                                      "If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF")
+    assert is_out_of_memory(exc)
+    assert out_of_memory_line(exc) == ("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; "
+                                       "15.77 GiB total)")
+    assert out_of_memory_line(RuntimeError()) == "RuntimeError: "
+
+
 def test_cpu_training_keeps_big_blocks_in_the_heap_and_gives_the_default_back():
     assert _fresh_block_is_mmapped()  # glibc's default: a fresh mmap (zeroed pages every time)
     with reuse_freed_cpu_memory("cpu"):

@@ -50,3 +50,17 @@ def test_the_command_line_says_the_same_and_exits_2(tmp_path, capsys):
                        "--no-progress"])
     assert status == 2
     assert "--cpu-ok" in capsys.readouterr().err
+
+
+def test_the_cpu_estimate_of_a_run_that_goes_ahead_is_said_once_by_preflight(tmp_path, monkeypatch):
+    from gan_training import TICK_KIMG, tiny_settings
+
+    workspace = make_dataset(tmp_path / "ws")
+    note = "training on the CPU as asked (CPU_OK): about 3 weeks"
+    # A tiny run at 16 px stands in for a full-size one at 256 px with CPU_OK (which would take weeks here).
+    monkeypatch.setattr(estimates, "refuse_slow_cpu_run", lambda *args, **kwargs: note)
+    settings = tiny_settings(kimg=TICK_KIMG, cpu_ok=True)
+    assert loop.preflight(workspace, settings).count(note) == 1
+    said = []
+    loop.train(workspace, settings, log=said.append)
+    assert not any(note in line for line in said)

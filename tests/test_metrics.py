@@ -204,6 +204,10 @@ def test_memorisation_flags_an_exact_and_a_near_copy_only(tmp_path):
         Image.fromarray(image.transpose(1, 2, 0)).save(paths[-1])
     before = {p: p.read_bytes() for p in paths}
     assert M.memorised_fake_paths(paths, reals) == [paths[3], paths[15]]
+    from_files = M.memorisation_of_files(paths, reals)  # what stage 05's filter reads: the same as from arrays
+    assert np.flatnonzero(from_files.flagged).tolist() == [3, 15]
+    assert from_files.nearest_real[3] == 11 and from_files.nearest_real[15] == 42
+    assert from_files.threshold == pytest.approx(report.threshold)
     assert all(p.read_bytes() == data for p, data in before.items())  # inputs only read
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match="broken.png"):

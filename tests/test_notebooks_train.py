@@ -81,6 +81,7 @@ def test_train_notebooks_and_resume_notebook_run_with_papermill(tmp_path):
     for name, label in (("02_train_positive", "positive"), ("03_train_negative", "negative")):
         assert f"XR_SHOULDER-{label}-tiny-16 at 0.008 kimg, {label}: offline FID (not comparable with published " \
                "FIDs) = " in printed(name)
+        assert printed(name).count("a kill loses at most") == 1  # said by the preflight cell, not again by train
 
     # Run again after a disconnect, with TRANSFER still set: RESUME = "latest" wins, the run continues.
     positive_run = workspace.experiments / "XR_SHOULDER-positive-tiny-16"
@@ -97,4 +98,5 @@ def test_train_notebooks_and_resume_notebook_run_with_papermill(tmp_path):
     stats = snap.read_stats(negative_run)
     assert [line["tick"] for line in stats] == [1, 2]
     assert stats[-1]["kimg"] == pytest.approx(0.016)
+    assert printed("04_resume").count("a kill loses at most") == 1
     assert snap.find_resumable(negative_run).kimg == pytest.approx(0.016)

@@ -245,3 +245,19 @@ def test_notebook_04s_settings_are_the_runs_own_but_for_what_it_changes(half_run
         loop.settings_to_resume(workspace, run_dir.name, kimgs=3)
     with pytest.raises(UserError, match="no training run of XR_ELBOW"):
         loop.settings_to_resume(workspace, None, body_part="XR_ELBOW")
+
+
+def test_find_run_takes_what_resume_takes_a_runs_name_or_a_folder(tmp_path, monkeypatch):
+    from mura_aug.gan import loop
+
+    workspace = Workspace(tmp_path / "ws")
+    named = workspace.run("XR_SHOULDER-positive-tiny-16").path
+    named.mkdir(parents=True)
+    elsewhere = tmp_path / "home" / "backup-run"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert loop.find_run(workspace, named.name) == named  # a name: the run of the workspace
+    assert loop.find_run(workspace, str(elsewhere)) == elsewhere  # a folder anywhere
+    assert loop.find_run(workspace, "~/backup-run") == elsewhere  # '~' is the user's home, as for --resume
+    with pytest.raises(UserError, match="No run named 'XR_ELBOW-positive-tiny-16'"):
+        loop.find_run(workspace, "XR_ELBOW-positive-tiny-16")

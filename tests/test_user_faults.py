@@ -229,21 +229,67 @@ def assert_refused_plainly(text: str, path: Path) -> None:
 
 def test_a_refused_pt_file_is_called_unverifiable_everywhere_it_is_loaded(tmp_path, capsys):
     from mura_aug.gan.network_file import load_generator
+    from mura_aug.gan.snapshot import load_state
+    from mura_aug.gan.torch_files import UnsafeFileError
     from mura_aug.gan.transfer import load_transfer_weights
+    from mura_aug.synth.filters import load_discriminator
 
     marker = tmp_path / "code-ran"
     evil = evil_torch_file(tmp_path / "network-000001.000kimg.pt", marker)
-    with pytest.raises(UserError) as caught:
-        load_generator(evil)
-    assert_refused_plainly(str(caught.value), evil)
-    with pytest.raises(UserError) as caught:
-        load_transfer_weights(str(evil), Workspace(tmp_path / "ws"), log=lambda text: None)
-    assert_refused_plainly(str(caught.value), evil)
+    loaders = {"load_generator": lambda: load_generator(evil),
+               "load_transfer_weights": lambda: load_transfer_weights(str(evil), Workspace(tmp_path / "ws"),
+                                                                      log=lambda text: None),
+               "load_state": lambda: load_state(evil),
+               "load_discriminator": lambda: load_discriminator(evil, device="cpu")}
+    for name, load in loaders.items():
+        with pytest.raises(UnsafeFileError) as caught:  # the refusal itself, not wrapped as "cannot be read"
+            load()
+        assert_refused_plainly(str(caught.value), evil)
+        assert "cannot be" not in str(caught.value), name
     status = cli.main(["train", "--workspace", str(tmp_path / "ws"), "--label", "positive", "--cfg", "tiny",
                        "--resume", str(evil), "--device", "cpu", "--no-progress"])
     assert status == 2
     assert_refused_plainly(capsys.readouterr().err, evil)
     assert not marker.exists()
+
+
+def test_a_cut_off_pt_file_is_called_unreadable_by_each_loader_in_its_own_words(tmp_path):
+    from mura_aug.gan.network_file import load_generator
+    from mura_aug.gan.snapshot import load_state
+    from mura_aug.gan.transfer import load_transfer_weights
+    from mura_aug.synth.filters import load_discriminator
+
+    cut = tmp_path / "state-000001.000kimg.pt"
+    cut.write_bytes(b"PK\x03\x04 the first bytes of a zip, then a disconnect")
+    loaders = [(lambda: load_generator(cut), "The snapshot .* cannot be read", "Use an earlier snapshot"),
+               (lambda: load_transfer_weights(str(cut), Workspace(tmp_path / "ws"), log=lambda text: None),
+                "The transfer source .* cannot be read", "Pass an intact"),
+               (lambda: load_state(cut), "The training state .* cannot be loaded", "--resume latest skips"),
+               (lambda: load_discriminator(cut, device="cpu"), "The state file .* cannot be read",
+                "Use an earlier state")]
+    for load, problem, fix in loaders:
+        with pytest.raises(UserError, match=problem) as caught:
+            load()
+        assert fix in caught.value.fix and str(cut) in caught.value.problem
+        assert caught.value.__cause__ is not None  # torch's own error stays behind it, for a traceback
+
+
+def test_failures_as_user_error_words_other_failures_and_lets_user_errors_through():
+    from mura_aug.errors import failures_as_user_error
+
+    with pytest.raises(UserError) as caught:
+        with failures_as_user_error(lambda exc: f"cannot read x ({type(exc).__name__}: {exc})", "use y"):
+            raise ValueError("bad magic")
+    assert caught.value.problem == "cannot read x (ValueError: bad magic)" and caught.value.fix == "use y"
+    assert isinstance(caught.value.__cause__, ValueError)
+    original = UserError("the file names code", "do not load it")
+    with pytest.raises(UserError) as caught:
+        with failures_as_user_error(lambda exc: "cannot read x", "use y"):
+            raise original
+    assert caught.value is original
+    with pytest.raises(KeyboardInterrupt):  # not an Exception: an interrupt stays an interrupt
+        with failures_as_user_error(lambda exc: "cannot read x", "use y"):
+            raise KeyboardInterrupt
 
 
 def test_a_refused_state_in_a_run_folder_is_skipped_as_unverifiable(tmp_path):

@@ -1,4 +1,5 @@
 import errno
+import hashlib
 import json
 import os
 
@@ -6,7 +7,7 @@ import pytest
 
 from mura_aug.errors import UserError
 from mura_aug.workspace import (Workspace, atomic_path, atomic_write_json, atomic_write_text, body_part_folder,
-                                free_bytes, resolve_workspace)
+                                file_sha256, free_bytes, resolve_workspace)
 
 
 def test_layout_follows_the_original_work(tmp_path):
@@ -69,3 +70,30 @@ def test_full_disk_becomes_a_clear_error_and_keeps_old_file(tmp_path):
 
 def test_free_bytes_of_a_missing_folder_uses_its_parent(tmp_path):
     assert free_bytes(tmp_path / "not" / "yet") > 0
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 4096, 2 ** 20])
+def test_file_sha256_is_the_hash_of_the_whole_file_whatever_the_chunk(tmp_path, chunk_bytes):
+    data = os.urandom(10_000)  # not a multiple of 7 or 4096: the last chunk is a short one
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert file_sha256(path, chunk_bytes=chunk_bytes) == hashlib.sha256(data).hexdigest()
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    assert file_sha256(empty, chunk_bytes=chunk_bytes) == hashlib.sha256(b"").hexdigest()
+
+
+def test_file_sha256_agrees_with_the_hash_taken_while_writing(tmp_path):
+    """The cached training arrays are hashed as they are written and checked with file_sha256 when read."""
+    import numpy as np
+
+    from mura_aug.gan import dataset
+
+    path = tmp_path / "labels.npy"
+    written = dataset._save_npy(path, np.arange(1000, dtype=np.int64))
+    assert written == {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def test_file_sha256_of_a_missing_file_is_an_os_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        file_sha256(tmp_path / "missing.bin")

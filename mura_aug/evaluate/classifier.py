@@ -14,7 +14,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from mura_aug.devices import accelerator_memory_text, free_accelerator_memory, grad_scaler, is_out_of_memory
+from mura_aug.devices import (accelerator_memory_text, free_accelerator_memory, grad_scaler, is_out_of_memory,
+                              out_of_memory_line)
 from mura_aug.errors import UserError
 from mura_aug.evaluate import study_metrics
 from mura_aug.evaluate.data import ImageCache, assert_no_synthetic, check_no_patient_overlap, concat, is_real, \
@@ -148,16 +149,12 @@ def predict(model, dataset, device, batch_size: int, workers: int, progress: boo
                 except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
                     if passes is None or not is_out_of_memory(exc):
                         raise
-                    failed = _error_line(exc)
+                    failed = out_of_memory_line(exc)
                 parts = logits = None  # outside the except clause: the failed pass' tensors can be freed
                 free_accelerator_memory(device)
                 passes.halve(description, failed)
             outputs.extend(parts)
     return np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.float32)
-
-
-def _error_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def _train_step(model, optimizer, scaler, loss_fn, images, labels, pass_size: int, use_amp: bool, run_dir: Path,
@@ -260,7 +257,7 @@ def train_run(run_dir: Path, fit, val, evaluation, settings: EvalSettings, seed:
                 except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
                     if not is_out_of_memory(exc):
                         raise
-                    failed = _error_line(exc)
+                    failed = out_of_memory_line(exc)
                 optimizer.zero_grad(set_to_none=True)  # outside the except clause: the failed pass can be freed
                 free_accelerator_memory(device)
                 passes.halve("training", failed)

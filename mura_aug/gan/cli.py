@@ -36,6 +36,8 @@ def run_train(args: argparse.Namespace) -> int:
     resolved = loop.resolved_settings(args.workspace, settings)
     on_snapshot = measure.snapshot_metrics(resolved, workspace=resolve_workspace(args.workspace))
     with process_group_of_torchrun(resolved.device) as rank:
+        if rank == 0:
+            print(loop.preflight(args.workspace, settings), flush=True)  # what a kill could cost, said once
         run_dir = loop.train(args.workspace, settings, on_snapshot=on_snapshot)
     if rank == 0:
         print(f"run folder: {run_dir}")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 from mura_aug.errors import UserError
 from mura_aug.gan.sampling import CLASS_LABEL
 from mura_aug.settings import check_resolution
-from mura_aug.workspace import Workspace, atomic_path, atomic_write_json
+from mura_aug.workspace import Workspace, atomic_path, atomic_write_json, file_sha256
 
 if TYPE_CHECKING:
     import numpy as np
@@ -255,7 +255,6 @@ class _HashingWriter:
 
 
 NOT_BUILT = "is not built yet"
-_HASH_CHUNK = 8 * 2 ** 20  # bytes read at a time when checking a cached array
 
 
 def _cache_problem(images_file: Path, labels_file: Path, check_file: Path) -> Optional[str]:
@@ -277,13 +276,10 @@ def _cache_problem(images_file: Path, labels_file: Path, check_file: Path) -> Op
             if path.stat().st_size != expected.get("bytes"):
                 return f"has the wrong size ({path.name}: {path.stat().st_size} bytes, {expected.get('bytes')} " \
                        "written)"
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
-                    digest.update(chunk)
+            digest = file_sha256(path)
         except OSError as exc:
             return f"cannot be read ({exc.strerror or exc})"
-        if digest.hexdigest() != expected.get("sha256"):
+        if digest != expected.get("sha256"):
             return f"does not match its checksum ({path.name} was changed after it was written)"
     return None
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from mura_aug.devices import (accelerator_memory_text, free_accelerator_memory, grad_scaler, is_out_of_memory,
-                              precision, resolve_device, reuse_freed_cpu_memory)
+                              out_of_memory_line, precision, resolve_device, reuse_freed_cpu_memory)
 from mura_aug.errors import UserError, os_errors_as_user_errors
 from mura_aug.gan import estimates, rng, snapshot, staging, transfer
 from mura_aug.gan.configs import TrainConfig, make_config
@@ -73,7 +73,9 @@ def train(workspace, settings: RunSettings, on_tick: Optional[Callable[[Dict[str
     runs with the RNG states forked, so it cannot change the training); log: where progress lines go.
     Inside an initialised torch.distributed process group (torchrun) every rank calls this with the same
     settings; they train together and only rank 0 writes files and logs. A file-system error (a read-only
-    or full disk, a dropped mount) ends in a UserError naming the path and the fix, as in every stage."""
+    or full disk, a dropped mount) ends in a UserError naming the path and the fix, as in every stage.
+    What the call is about to do (on a CPU how long it would take, what a kill could cost) is `preflight`'s
+    to say: the notebooks and the CLI print it before they call this, so it is said once."""
     with os_errors_as_user_errors("training"):
         return _train(workspace, settings, on_tick, on_snapshot, log)
 
@@ -86,10 +88,9 @@ def _train(workspace, settings: RunSettings, on_tick, on_snapshot, log: Log) -> 
     workspace = resolve_workspace(workspace)  # the other ranks only read
     start = _plan(workspace, settings, log if is_writer else None)
     device = resolve_device(start.settings.device)  # a resumed run's own device unless the call names one
-    on_cpu = estimates.refuse_slow_cpu_run(start.settings.cfg, start.settings.resolution, start.settings.kimg,
-                                           device, start.settings.cpu_ok)
-    if on_cpu:
-        log(on_cpu)
+    # Refuses a full-size run on a CPU without cpu_ok; the estimate it gives otherwise is preflight's to say.
+    estimates.refuse_slow_cpu_run(start.settings.cfg, start.settings.resolution, start.settings.kimg, device,
+                                  start.settings.cpu_ok)
     dist = Distributed(device)
     if start.settings.metrics_every > 0 and on_snapshot is None:
         log("metrics_every is set, but no on_snapshot measures anything: no metrics in stats.jsonl")
@@ -111,9 +112,10 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def preflight(workspace, settings: RunSettings) -> str:
-    """What a `train` call with `settings` is about to do, in one line, before it loads anything (notebooks
-    02/03 print it first): the run, the device and, on a CPU, how long a full-size network would take there.
-    Raises the same UserError as `train` for a full-size run at >= 128 px on a CPU without cpu_ok."""
+    """What a `train` call with `settings` is about to do, before it loads anything: the run, the device and,
+    on a CPU, how long a full-size network would take there; then what a kill could cost (kill_cost). The one
+    place that says so: notebooks 02-04 and the CLI print it before they call `train`, which does not repeat
+    it. Raises the same UserError as `train` for a full-size run at >= 128 px on a CPU without cpu_ok."""
     workspace = resolve_workspace(workspace)
     resolved = resolved_settings(workspace, settings)
     resolution = resolved.resolution or choose_source(workspace, resolved.body_part,
@@ -169,7 +171,7 @@ def find_run(workspace, run: Optional[str] = None, body_part: Optional[str] = No
             raise UserError(f"There is no training run{of} in {workspace.experiments} yet.",
                             "Start one with notebook 02 / 03 or python -m mura_aug train.")
         return max(runs, key=lambda r: r.mtime).path
-    run_dir = _run_folder_named(workspace, str(run)) or Path(run).expanduser()
+    run_dir = _resume_path(workspace, str(run))
     if not run_dir.is_dir():
         names = ", ".join(r.name for r in snapshot.list_runs(workspace)) or "none yet"
         raise UserError(f"No run named {run!r} in {workspace.experiments}.", f"Use one of: {names}.")
@@ -641,8 +643,6 @@ class _Run:
             state_bytes = snapshot.estimate_state_bytes(self.G, self.D)
             network_bytes = sum(t.numel() * t.element_size() for t in self.G_ema.state_dict().values())
             snapshot.check_free_space(self.run_dir.path, state_bytes, network_bytes)
-            self.log(kill_cost(self.settings, int(self.G_kwargs["img_resolution"]), self.device,
-                               self.run_dir.path if self.start.state is not None else None))
             self.history.append({"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                  "from_kimg": self.progress.cur_nimg / 1000, "target_kimg": total_nimg / 1000,
                                  "resumed": self.start.state is not None, "world_size": self.dist.world_size})
@@ -782,7 +782,7 @@ class _Run:
             except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
                 if not is_out_of_memory(exc):
                     raise
-                out_of_memory = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                out_of_memory = out_of_memory_line(exc)
             # Outside the except clause, so that the failed pass' tensors (held by the traceback) are freed.
             opt.zero_grad(set_to_none=True)
             module.requires_grad_(False)

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import Union
 
-from mura_aug.errors import UserError
-from mura_aug.gan.torch_files import UnsafeFileError, load_weights_only, save_torch_file
+from mura_aug.errors import UserError, failures_as_user_error
+from mura_aug.gan.torch_files import load_weights_only, save_torch_file
 from mura_aug.workspace import RunFolder
 
 FORMAT = "mura_aug.network"
@@ -70,14 +70,10 @@ def load_generator(path: PathLike, device="cpu"):
                             "Use a network-snapshot-*.pkl written by NVlabs' train.py (they hold G_ema), or "
                             f"{continue_hint}; its network-*.pt files then load here.")
     else:
-        try:
+        with failures_as_user_error(lambda exc: f"The snapshot {path} cannot be read ({type(exc).__name__}: "
+                                                f"{exc}); it may be truncated by an interrupted copy.",
+                                    "Use an earlier snapshot of the same run (python -m mura_aug runs lists them)."):
             payload = load_weights_only(path)
-        except UnsafeFileError:
-            raise
-        except Exception as exc:
-            raise UserError(f"The snapshot {path} cannot be read ({type(exc).__name__}: {exc}); it may be "
-                            "truncated by an interrupted copy.",
-                            "Use an earlier snapshot of the same run (python -m mura_aug runs lists them).") from exc
         if not isinstance(payload, dict) or "G_kwargs" not in payload or "G_ema" not in payload:
             raise UserError(f"{path} is not a mura_aug snapshot (no G_kwargs / G_ema inside).",
                             "Pass a network-*.pt or state-*.pt written by mura_aug, or an NVlabs .pkl.")

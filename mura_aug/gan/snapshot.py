@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, failures_as_user_error
 from mura_aug.gan import sampling
 from mura_aug.gan.torch_files import REFUSED, UnsafeFileError, load_weights_only, save_torch_file
 from mura_aug.workspace import (SNAPSHOT_NAME, RunFolder, Workspace, atomic_path, atomic_write_text,
@@ -270,15 +270,11 @@ def load_state(path: PathLike) -> Dict[str, Any]:
     if not path.is_file():
         raise UserError(f"No training state at {path}.",
                         "Pass a state-*kimg.pt file or a run folder (python -m mura_aug runs lists them).")
-    try:
+    with failures_as_user_error(lambda exc: f"The training state {path} cannot be loaded ({type(exc).__name__}: "
+                                            f"{exc}); it is probably truncated by an interrupted write or copy.",
+                                "Resume from an earlier state of the same run: --resume latest skips unreadable "
+                                "ones."):
         return _load_state_unchecked(path)
-    except UnsafeFileError:
-        raise
-    except Exception as exc:
-        raise UserError(f"The training state {path} cannot be loaded ({type(exc).__name__}: {exc}); it is "
-                        "probably truncated by an interrupted write or copy.",
-                        "Resume from an earlier state of the same run: --resume latest skips unreadable ones."
-                        ) from exc
 
 
 def load_newest_state(run_dir: PathLike, log=print) -> Tuple[Optional[SnapshotInfo], Optional[Dict[str, Any]]]:
@@ -369,15 +365,21 @@ def save_fakes_grid(G, seed: int, path: PathLike) -> Path:
 
 def read_stats(run_dir: PathLike) -> List[Dict[str, Any]]:
     """The stats lines of a run (one dict per tick); a line cut off by a kill is ignored."""
-    path = RunFolder(run_dir).stats
+    return read_stats_file(RunFolder(run_dir).stats)
+
+
+def read_stats_file(path: PathLike) -> List[Dict[str, Any]]:
+    """The JSON lines of a stats file (a run's stats.jsonl, or the staging folder's lines waiting for it);
+    [] when there is none, and a line cut off by a kill is ignored."""
+    path = Path(path)
     if not path.is_file():
         return []
     lines = []
-    for raw in path.read_text().splitlines():
+    for raw in path.read_text(encoding="utf-8").splitlines():
         try:
             entry = json.loads(raw)
         except ValueError:
-            continue
+            continue  # a line cut by a kill
         if isinstance(entry, dict):
             lines.append(entry)
     return lines
@@ -386,11 +388,16 @@ def read_stats(run_dir: PathLike) -> List[Dict[str, Any]]:
 def rewind_stats(run_dir: PathLike, tick: int) -> int:
     """Keep only the stats lines up to and including `tick` (the resumed state's), so that after a resume
     no tick appears twice and none is missing. Returns the number of lines kept."""
-    path = RunFolder(run_dir).stats
-    kept = [entry for entry in read_stats(run_dir) if int(entry.get("tick", -1)) <= tick]
-    text = "".join(json.dumps(entry) + "\n" for entry in kept)
+    return rewind_stats_file(RunFolder(run_dir).stats, tick)
+
+
+def rewind_stats_file(path: PathLike, tick: int) -> int:
+    """rewind_stats for one stats file (written atomically; not created when absent and nothing is kept).
+    Returns the number of lines kept."""
+    path = Path(path)
+    kept = [entry for entry in read_stats_file(path) if int(entry.get("tick", -1)) <= tick]
     if path.exists() or kept:
-        atomic_write_text(path, text)
+        atomic_write_text(path, "".join(json.dumps(entry) + "\n" for entry in kept))
     return len(kept)
 
 

@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional
 
 from mura_aug.errors import UserError
 from mura_aug.gan import snapshot
-from mura_aug.workspace import (RunFolder, atomic_path, atomic_write_text, drive_vanished, is_unreliable,
+from mura_aug.workspace import (RunFolder, atomic_path, drive_vanished, file_sha256, is_unreliable,
                                 staging_folder)
 
 Log = Callable[[str], None]
@@ -54,14 +54,6 @@ REMOUNT = ('Google Drive was unmounted. Stop the training cell (■) when you ca
            '(RESUME = "latest" continues from the local state and copies it to Drive)')
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def copy_verified(source: Path, target: Path) -> None:
     """Copy `source` to `target` so that `target` is either as before or a verified copy: written to a
     temporary name, fsynced, read back and compared (size and SHA-256), then renamed. OSError on failure
@@ -78,7 +70,7 @@ def copy_verified(source: Path, target: Path) -> None:
             delay = float(os.environ.get(COPY_DELAY_ENV, "0") or 0)
             if delay > 0:
                 time.sleep(delay)
-            if tmp.stat().st_size != size or sha256_of(tmp) != digest.hexdigest():
+            if tmp.stat().st_size != size or file_sha256(tmp, CHUNK_BYTES) != digest.hexdigest():
                 raise OSError(errno.EIO, f"the copy does not match the local file {source} (size or SHA-256)",
                               str(target))
     except UserError as exc:
@@ -271,10 +263,7 @@ class Stager:
     def rewind_pending(self, tick: int) -> None:
         """A resumed call starts from the state's tick: waiting lines after it are dropped (as rewind_stats
         does on the workspace), so no tick is appended twice."""
-        path = self.local.pending_stats
-        if path.exists():
-            kept = [entry for entry in _read_lines(path) if int(entry.get("tick", -1)) <= tick]
-            atomic_write_text(path, "".join(json.dumps(entry) + "\n" for entry in kept))
+        snapshot.rewind_stats_file(self.local.pending_stats, tick)
 
     def _wait(self, line: dict) -> None:
         with open(self.local.pending_stats, "a", encoding="utf-8") as handle:
@@ -286,7 +275,7 @@ class Stager:
         path = self.local.pending_stats
         if not path.exists():
             return True
-        waiting = _read_lines(path)
+        waiting = snapshot.read_stats_file(path)
         for attempt in range(len(delays) + 1):
             try:
                 # A line whose append failed after its bytes were written may be there already: skip it.
@@ -303,15 +292,3 @@ class Stager:
                 if attempt < len(delays):
                     time.sleep(delays[attempt])
         return False
-
-
-def _read_lines(path: Path) -> List[dict]:
-    lines = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            continue  # a line cut by a kill
-        if isinstance(entry, dict):
-            lines.append(entry)
-    return lines

@@ -17,10 +17,10 @@ from typing import Callable, Dict, Optional, Set
 
 import torch
 
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, failures_as_user_error
 from mura_aug.gan import snapshot
 from mura_aug.gan.nvlabs import load_nvlabs_pkl
-from mura_aug.gan.torch_files import UnsafeFileError, load_weights_only
+from mura_aug.gan.torch_files import load_weights_only
 from mura_aug.workspace import Workspace, atomic_path
 
 TRANSFER_SOURCES = {  # names accepted by --transfer, downloaded once into workspace.weights_cache
@@ -77,13 +77,10 @@ def load_transfer_weights(source: str, workspace: Workspace, log: Log) -> Dict[s
             if missing not in weights and present in weights:
                 weights[missing] = weights[present]
         return weights
-    try:
+    with failures_as_user_error(lambda exc: f"The transfer source {path} cannot be read ({type(exc).__name__}: "
+                                            f"{exc}).",
+                                "Pass an intact .pkl / state-*.pt / network-*.pt file."):
         payload = load_weights_only(path)
-    except UnsafeFileError:
-        raise
-    except Exception as exc:
-        raise UserError(f"The transfer source {path} cannot be read ({type(exc).__name__}: {exc}).",
-                        "Pass an intact .pkl / state-*.pt / network-*.pt file.") from exc
     if not isinstance(payload, dict) or "G_ema" not in payload:
         raise UserError(f"{path} holds no generator weights (no G_ema inside).",
                         "Pass a mura_aug state-*.pt / network-*.pt or an NVlabs .pkl.")

@@ -341,16 +341,25 @@ def read_image_files(paths: Sequence[PathLike], progress: bool = False, size=Non
     return out
 
 
+def memorisation_of_files(fake_paths: Sequence[PathLike], real_images, threshold: Optional[float] = None,
+                          threshold_ratio: float = MEMORISATION_RATIO, progress: bool = False) -> MemorisationReport:
+    """`memorisation` of fake image files against real images (uint8 NCHW), report.nearest_real[i] and
+    report.distance[i] for fake_paths[i]; UserError when no file is given or one cannot be read."""
+    # Descriptors streamed from the files: the fakes are never all in memory at full size (10,000 fakes at
+    # 256 px would be 2 GB as one array).
+    return memorisation_of_descriptors(file_pixel_descriptors(fake_paths, progress=progress),
+                                       pixel_descriptors(real_images), threshold=threshold,
+                                       threshold_ratio=threshold_ratio)
+
+
 def memorised_fake_paths(fake_paths: Sequence[PathLike], real_images, threshold: Optional[float] = None,
                          threshold_ratio: float = MEMORISATION_RATIO, progress: bool = False) -> List[Path]:
     """The fake image files that are (near) copies of a real training image: stage 05 leaves these out."""
     fake_paths = [Path(p) for p in fake_paths]
     if not fake_paths:
         return []
-    # Descriptors streamed from the files: the fakes are never all in memory at full size.
-    report = memorisation_of_descriptors(file_pixel_descriptors(fake_paths, progress=progress),
-                                         pixel_descriptors(real_images), threshold=threshold,
-                                         threshold_ratio=threshold_ratio)
+    report = memorisation_of_files(fake_paths, real_images, threshold=threshold, threshold_ratio=threshold_ratio,
+                                   progress=progress)
     return [path for path, flagged in zip(fake_paths, report.flagged) if flagged]
 
 

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from mura_aug.devices import resolve_device
-from mura_aug.errors import UserError
+from mura_aug.errors import UserError, failures_as_user_error
 from mura_aug.gan import sampling
-from mura_aug.gan.torch_files import UnsafeFileError, load_weights_only
+from mura_aug.gan.torch_files import load_weights_only
 from mura_aug.synth.generate import open_gray
 from mura_aug.synth.manifest import NO_FILTER, read_manifest, write_manifest
 from mura_aug.synth.settings import DUPLICATE_THUMB_PX
@@ -127,13 +127,9 @@ def load_discriminator(path: PathLike, device=None):
     else:
         from mura_aug.gan.networks import Discriminator
 
-        try:
+        with failures_as_user_error(lambda exc: f"The state file {path} cannot be read ({type(exc).__name__}).",
+                                    "Use an earlier state-*kimg.pt of the run."):
             payload = load_weights_only(path)
-        except UnsafeFileError:
-            raise
-        except Exception as exc:
-            raise UserError(f"The state file {path} cannot be read ({type(exc).__name__}).",
-                            "Use an earlier state-*kimg.pt of the run.") from exc
         D_kwargs = _discriminator_kwargs(payload)
         if D_kwargs is None or not isinstance(payload.get("D"), dict):
             raise UserError(f"{path} holds no discriminator (D weights and its constructor arguments).",
@@ -265,16 +261,12 @@ def memorised_fakes(workspace: Workspace, body_part: str, cls: str, paths: Seque
     from mura_aug import metrics
     from mura_aug.gan.dataset import load_real_images
 
-    from mura_aug.metrics.measures import file_pixel_descriptors, memorisation_of_descriptors, pixel_descriptors
-
     if not paths:
         return {}
     resolution = int(metrics.read_image_files(paths[:1]).shape[-1])
     check_memorisation_dataset(workspace, body_part, cls, resolution)
     reals, names = load_real_images(workspace, body_part, cls, resolution)
-    # Fakes streamed into 32 px descriptors (10,000 fakes at 256 px would be 2 GB as one array).
-    report = memorisation_of_descriptors(file_pixel_descriptors(paths), pixel_descriptors(reals),
-                                         threshold=threshold)
+    report = metrics.memorisation_of_files(paths, reals, threshold=threshold)
     return {i: (str(names[report.nearest_real[i]]), float(report.distance[i]), report.threshold)
             for i in np.flatnonzero(report.flagged)}
 

@@ -14,7 +14,6 @@ table on disk is one whose filters finished; a failed call leaves the previous t
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from mura_aug.errors import UserError
-from mura_aug.workspace import CLASSES, Workspace, atomic_write_csv, atomic_write_json
+from mura_aug.workspace import CLASSES, Workspace, atomic_write_csv, atomic_write_json, file_sha256
 
 FAKE_MODE = "L"  # PIL mode of every saved fake: 8-bit grey, like the real X-rays
 MANIFEST_COLUMNS = ["path", "class", "label", "body_part", "run", "kimg", "seed", "psi", "source_grid", "tile",
@@ -207,14 +206,6 @@ class SynthResult:
 
 # --- the summary and the two-phase record ----------------------------------------------------------------
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -268,7 +259,7 @@ def write_summary(workspace: Workspace, body_part: str, settings: dict, generate
         "filters": {"finished": True, "error": None, "applied": filters or [NO_FILTER], "dropped": dropped},
         "table": workspace.relative(table_path),
         "table_rows": table_counts(table),
-        "table_sha256": _file_sha256(table_path),
+        "table_sha256": file_sha256(table_path),
     }
     return atomic_write_json(workspace.synth_summary(body_part), summary)
 
@@ -287,7 +278,7 @@ def unfinished_reason(workspace: Workspace, body_part: str) -> Optional[str]:
         return f"the stage-05 summary {path} is missing or unreadable, so nothing says that the filters finished"
     if not finished:
         return f"the last stage-05 call did not finish its filters ({error or 'it was interrupted'})"
-    if recorded != _file_sha256(table):
+    if recorded != file_sha256(table):
         return f"{table} is not the table that stage 05 wrote after its filters (it was changed since)"
     return None
 
