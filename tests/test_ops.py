@@ -65,3 +65,62 @@ def test_a_filter_that_is_not_separable_keeps_the_convolution():
     assert ops._fir_matrices(f, (5, 5), 2, 1, (1, 0, 1, 0), 4.0, x.dtype) is None
     got = ops.upfirdn2d(x, f, up=2, padding=[1, 0, 1, 0], gain=4.0)
     torch.testing.assert_close(got, _zero_stuffed_reference(x, f, 2, [1, 0, 1, 0], 4.0), atol=1e-12, rtol=1e-12)
+
+
+def _layer_input_formats(module, monkeypatch):
+    """Record, for every 3x3 convolution torch runs, whether its input was channels-last."""
+    seen = []
+    real_conv2d = torch.nn.functional.conv2d
+
+    def conv2d(x, weight, *args, **kwargs):
+        if weight.shape[-2:] == (3, 3) and weight.shape[1] > 1:
+            seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return real_conv2d(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", conv2d)
+    return seen
+
+
+def test_cpu_layout_rule_follows_the_vector_unit_and_the_switch(monkeypatch):
+    monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", None)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(ops, "_cpu_capability", lambda: "AVX2")
+    assert ops.block_memory_format(False, torch.float32, cpu) == torch.channels_last
+    monkeypatch.setattr(ops, "_cpu_capability", lambda: "AVX512")
+    assert ops.block_memory_format(False, torch.float32, cpu) == torch.contiguous_format
+    monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", True)
+    assert ops.block_memory_format(False, torch.float32, cpu) == torch.channels_last
+    monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", False)
+    assert ops.block_memory_format(False, torch.float32, cpu) == torch.contiguous_format
+    # CUDA's float32 blocks never follow the CPU rule; float16 blocks follow fp16_channels_last alone.
+    monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", True)
+    assert ops.block_memory_format(False, torch.float32, torch.device("cuda")) == torch.contiguous_format
+    assert ops.block_memory_format(True, torch.float16, torch.device("cuda")) == torch.channels_last
+
+
+def test_both_cpu_layouts_compute_the_same_networks(monkeypatch):
+    from gan_nets import small_nets
+
+    G, D = small_nets(z_dim=16, img_channels=3, channel_base=256, channel_max=16, mbstd_group_size=2)
+    results = {}
+    for channels_last in (False, True):
+        monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", channels_last)
+        formats = _layer_input_formats(G, monkeypatch)
+        torch.manual_seed(3)
+        z = torch.randn(4, 16)
+        img = G(z, None, noise_mode="const")
+        logits = D(img, None)
+        grads = torch.autograd.grad(logits.sum(), list(G.parameters()) + list(D.parameters()), allow_unused=True)
+        monkeypatch.undo()  # back to the real conv2d before the next layout
+        # Every 3x3 conv of G and D follows the switch except the last one, D's 4x4 head, which stays NCHW.
+        assert len(formats) > 2 and formats[:-1] == [channels_last] * (len(formats) - 1) and not formats[-1]
+        assert img.is_contiguous() and logits.is_contiguous()  # what leaves the networks is always NCHW
+        results[channels_last] = (img.detach(), logits.detach(), grads)
+    (img_a, logits_a, grads_a), (img_b, logits_b, grads_b) = results[False], results[True]
+    torch.testing.assert_close(img_b, img_a, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits_b, logits_a, atol=1e-5, rtol=1e-4)
+    for grad_a, grad_b in zip(grads_a, grads_b):
+        if grad_a is None:
+            assert grad_b is None
+            continue
+        torch.testing.assert_close(grad_b, grad_a, atol=1e-5 * float(grad_a.abs().max().clamp_min(1)), rtol=1e-3)
