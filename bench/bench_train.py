@@ -2,7 +2,7 @@
 all four loss phases with lazy regularisation, optimiser steps, EMA, ADA, stats).
 
     python bench/bench_train.py [--settings tiny-32,auto-32,paper256-256] [--threads 2[,1]] [--workdir DIR]
-                                [--out bench/results/train_cpu.md]
+                                [--layouts auto[,nchw,channels-last]] [--out bench/results/train_cpu.md]
 
 Settings (name-resolution): `tiny-32` (batch 8), `auto-32` (batch 4: issue 3's reference, NVIDIA's own code
 takes about 900 s/kimg there on a 2-core CPU, goal <= 450) and `paper256-256` (batch 64 in 8 rounds of 8, so
@@ -44,8 +44,14 @@ SETTINGS = {
 }
 
 
-def run_setting(name, workdir: Path, threads: int, log):
+# --layouts: the CPU memory layout of the float32 blocks (ops.CPU_CHANNELS_LAST); auto = the package's rule
+LAYOUTS = {"auto": None, "nchw": False, "channels-last": True}
+
+
+def run_setting(name, workdir: Path, threads: int, log, layout: str = "auto"):
     import torch
+
+    from mura_aug.gan import ops
 
     from bench_quality import build_dataset
     from mura_aug.gan import loop
@@ -60,6 +66,9 @@ def run_setting(name, workdir: Path, threads: int, log):
     tick_kimg = steps_per_tick * batch_size / 1000
     workspace, count = build_dataset(workdir, resolution=resolution)
     torch.set_num_threads(threads)
+    ops.CPU_CHANNELS_LAST = LAYOUTS[layout]
+    used_layout = "channels-last" if ops.cpu_channels_last() else "NCHW"
+    name_shown = f"{name} ({used_layout})"
     ticks = []
     cpu0, wall0 = time.process_time(), time.perf_counter()
 
@@ -68,7 +77,7 @@ def run_setting(name, workdir: Path, threads: int, log):
         cpu, wall = time.process_time(), time.perf_counter()
         ticks.append(dict(wall=wall - wall0, cpu=cpu - cpu0, load=os.getloadavg()[0], kimg=line["kimg"]))
         cpu0, wall0 = cpu, wall
-        log(f"{name}: tick {len(ticks)} at {line['kimg']:.3f} kimg: {ticks[-1]['wall']:.1f} s wall, "
+        log(f"{name_shown}: tick {len(ticks)} at {line['kimg']:.3f} kimg: {ticks[-1]['wall']:.1f} s wall, "
             f"{ticks[-1]['cpu']:.1f} CPU-s")
 
     run = f"bench-{name}"
@@ -83,7 +92,7 @@ def run_setting(name, workdir: Path, threads: int, log):
                            kimg_per_tick=tick_kimg, snap=10_000, device="cpu", progress=False, run=run, keep=1,
                            cpu_ok=True)
     loop.train(workspace.root, settings, on_tick=on_tick, log=lambda text: None)
-    result = dict(name=name, cfg=cfg, resolution=resolution, batch=batch_size, threads=threads,
+    result = dict(name=name, layout=used_layout, cfg=cfg, resolution=resolution, batch=batch_size, threads=threads,
                   images=count, ticks=len(ticks), extrapolated=extrapolated, load=os.getloadavg())
     if extrapolated:
         first, main = ticks[0], ticks[-1]
@@ -98,7 +107,7 @@ def run_setting(name, workdir: Path, threads: int, log):
         for key in ("wall", "cpu"):
             value = statistics.median(t[key] for t in timed) / tick_kimg
             result[key] = (value, value)
-    log(f"{name}: {result['wall'][0]:.0f}-{result['wall'][1]:.0f} s/kimg wall, "
+    log(f"{name_shown}: {result['wall'][0]:.0f}-{result['wall'][1]:.0f} s/kimg wall, "
         f"{result['cpu'][0]:.0f}-{result['cpu'][1]:.0f} CPU-s/kimg")
     return result
 
@@ -120,25 +129,37 @@ def write_report(path: Path, results, argv, speed_note=""):
         "every 4 and R1 every 16 steps, Adam, G_ema, stats. One tick = 16 steps; the first tick (warm-up) and "
         "the last (final snapshot) are dropped.",
         "",
-        "| setting | batch | threads | ticks timed | s/kimg (wall) | CPU-s/kimg | load (1 min) | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | CPU layout | batch | threads | ticks timed | s/kimg (wall) | CPU-s/kimg | load (1 min) | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         def cell(key):
             low, high = r[key]
-            return f"{low:.0f}" if abs(high - low) < 0.5 else f"{low:.0f}-{high:.0f}"
+            digits = 1 if high < 20 else 0  # tiny-32's figures are ~10 s/kimg: tenths matter there
+            same = abs(high - low) < 0.5 * 10 ** -digits
+            return f"{low:.{digits}f}" if same else f"{low:.{digits}f}-{high:.{digits}f}"
         note = ("extrapolated from 2 steps (1 with both regularisers); range = R1 vs path-length share"
                 if r["extrapolated"] else "")
         timed = r["ticks"] if r["extrapolated"] else r["ticks"] - 2
-        lines.append(f"| {r['name']} | {r['batch']} | {r['threads']} | {timed} | {cell('wall')} | {cell('cpu')} | "
+        lines.append(f"| {r['name']} | {r['layout']} | {r['batch']} | {r['threads']} | {timed} | {cell('wall')} | {cell('cpu')} | "
                      f"{r['load'][0]:.1f} | {note} |")
     for r in results:
         if r["name"] == "auto-32" and r["threads"] == 2:
             lines += ["", f"auto-32 (batch 4, {r['threads']} threads): {r['wall'][0]:.0f} s/kimg wall; NVIDIA's code "
                       f"about {NVLABS_AUTO_32_S_PER_KIMG:.0f}; goal <= {NVLABS_AUTO_32_S_PER_KIMG / 2:.0f}."]
+    # The readings written by hand under "## " headings stay (a rerun replaces only the measured part above them).
+    kept = _hand_written_sections(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
     print(f"wrote {path}")
+
+
+def _hand_written_sections(path: Path) -> str:
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    start = text.find("\n## ")
+    return text[start + 1:] if start >= 0 else ""
 
 
 def main():
@@ -146,17 +167,22 @@ def main():
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated: {', '.join(SETTINGS)}")
     parser.add_argument("--threads", default="2", help="torch CPU thread counts, comma-separated (e.g. 2,1)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mura_aug_bench_train"))
+    parser.add_argument("--layouts", default="auto",
+                        help=f"CPU layouts of the float32 blocks, comma-separated: {', '.join(LAYOUTS)} (A/B)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "train_cpu.md")
     args = parser.parse_args()
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         parser.error(f"unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}")
+    layouts = [n.strip() for n in args.layouts.split(",") if n.strip()]
+    if any(layout not in LAYOUTS for layout in layouts):
+        parser.error(f"unknown layout(s) in {args.layouts!r}; choose from {', '.join(LAYOUTS)}")
     import machine_speed
 
     speed_before = machine_speed.measure()
-    results = [run_setting(name, args.workdir, int(threads), lambda text: print(text, flush=True))
-               for name in names for threads in args.threads.split(",")]
+    results = [run_setting(name, args.workdir, int(threads), lambda text: print(text, flush=True), layout)
+               for name in names for threads in args.threads.split(",") for layout in layouts]
     speed_note = machine_speed.describe(speed_before, machine_speed.measure())
     print(speed_note)
     write_report(args.out, results, sys.argv[1:], speed_note)
