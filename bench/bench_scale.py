@@ -330,8 +330,13 @@ def write_results(rows, args, started: str, load_before: str, load_after: str) -
              "(1x = 8,379 train + 563 valid images, 256-512 px per side). Each stage runs in a fresh process; peak "
              "RSS is the largest of that process and any one of its workers. `images` is the stage's input count "
              "(fakes for the stage 05 filters and metrics, whose reals are the positive class's train images). "
-             "The fakes are real dataset images with noise written as 256 px PNGs: the generator itself is not "
-             "timed here (bench/bench_generate.py).", "",
+             "For fakes_write and the filters and metrics after it, the fakes are real dataset images with noise "
+             "written as 256 px PNGs. `generate` is stage 05's own run_stage (truncation psi "
+             f"{TRUNCATION_PSI:g}, sharpening x{SHARPEN_FACTOR:g}, 8-bit grey PNGs, the manifest, D scoring with "
+             f"DROP_FRACTION {DROP_FRACTION:g}, the augmented table; memorisation and near-duplicates off, they have "
+             "their own rows) from a `tiny` 256 px run trained for one tick by gan.loop.train, and `d_scoring` its "
+             "filter pass with only the run's D over those fakes: tiny networks, so the data path is what is "
+             "timed; the full-size generator's speed is in bench/results/generate.md.", "",
              "| stage | scale | images | wall s | CPU s | CPU ms/image | peak RSS MB | written MB | notes |",
              "|---|---|---|---|---|---|---|---|---|"]
     slopes = {}
@@ -350,11 +355,20 @@ def write_results(rows, args, started: str, load_before: str, load_after: str) -
     lines += ["", "Log-log slope of CPU seconds against images (1 = linear; pairwise work is 2 when both sets grow):",
               "", "| stage | slope |", "|---|---|"]
     lines += [f"| {stage} | {value:.2f} |" for stage, value in slopes.items()]
-    lines += ["", f"Plot: `{PLOT.name}` (CPU seconds and peak RSS against images, log-log).", "",
-              "Raw: " + json.dumps(rows)]
+    lines += ["", f"Plot: `{PLOT.name}` (CPU seconds and peak RSS against images, log-log).", ""]
+    notes = _hand_written(RESULTS.read_text()) if RESULTS.is_file() else ""
+    lines += ([notes, ""] if notes else []) + ["Raw: " + json.dumps(rows)]
     RESULTS.write_text("\n".join(lines) + "\n")
     _plot(by_stage)
     print(f"wrote {RESULTS}")
+
+
+def _hand_written(text: str) -> str:
+    """The sections written by hand into an earlier scale.md (from its first '## ' heading up to the raw rows),
+    so that a rerun keeps them."""
+    body = text.split("\nRaw: ", 1)[0]
+    start = body.find("\n## ")
+    return body[start + 1:].strip() if start >= 0 else ""
 
 
 def _plot(by_stage) -> None:
