@@ -24,6 +24,8 @@ so its peak resident memory is its own:
                                 full-size G's speed is in bench/results/generate.md.
   d_scoring                     stage 05's filter pass with only the D scorer on, over the fakes `generate`
                                 wrote (reading them back, D on each, the verdicts into the manifest)
+  networks                      the same tiny G and D alone on NETWORK_IMAGES images in memory (no files), so
+                                the networks' share of the two rows above is known
   eval_epoch                    stage 06's data path: the image cache at 64 px and one pass over the train set
   eval_bootstrap                stage 06's bootstrap: default resamples, 2 arms x 3 seeds of study predictions
 
@@ -56,7 +58,7 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "scale.md"
 PLOT = REPO / "bench" / "results" / "scale.png"
 STAGES = ("prepare_cold", "prepare_warm", "gan_load", "fakes_write", "memorisation", "near_duplicates", "metrics",
-          "generate", "d_scoring", "eval_epoch", "eval_bootstrap")
+          "generate", "d_scoring", "networks", "eval_epoch", "eval_bootstrap")
 FAKES_AT_FULL_SCALE = 10_000  # fakes of one class at 1x: stage 05's next step
 BODY_PART = "XR_SHOULDER"
 GAN_RESOLUTION = 256  # px
@@ -65,6 +67,7 @@ DUPLICATE_THRESHOLD = 3.0  # grey levels, the example value of stage 05's dedupe
 TRUNCATION_PSI = 0.7  # the generate stage's psi: below 1, so G's truncation step runs
 SHARPEN_FACTOR = 2.0  # PIL Sharpness factor of the study
 DROP_FRACTION = 0.1  # share of the fakes D scores lowest and stage 05 drops: > 0, so the D scorer runs
+NETWORK_IMAGES = 512  # images the networks stage runs G and D on (their cost per image does not grow with scale)
 
 
 # --- one stage in this process (called in a child) ---------------------------------------------------------
@@ -212,6 +215,33 @@ def run_one(stage: str, scale: float, root: Path, parts) -> dict:
             reals, _ = load_real_images(workspace, BODY_PART, "positive", GAN_RESOLUTION)
             metrics, _ = compute_metrics(reals, read_image_files(paths), with_memorisation=False)
             detail = {"images": len(paths), "reals": len(reals), "fid_offline": round(metrics["fid_offline"], 2)}
+    elif stage == "networks":
+        import torch
+
+        from mura_aug.gan import sampling
+        from mura_aug.gan.network_file import load_generator
+        from mura_aug.synth.filters import load_discriminator
+        from mura_aug.synth.settings import SynthSettings
+        from mura_aug.workspace import Workspace
+
+        outputs = []
+        folder = Workspace(workspace).run(_tiny_run(workspace, train=False))
+        G = load_generator(folder.network_files()[-1])
+        D = load_discriminator(folder.state_files()[-1], "cpu")
+        batch, d_batch = SynthSettings.default_of("batch"), 32  # images per G call (stage 05's), per D call
+        warm = sampling.generate_array(G, range(d_batch), batch_size=batch)  # first calls set up the conv kernels
+        with torch.no_grad():
+            D(torch.from_numpy(warm).float() / 127.5 - 1, torch.zeros([len(warm), D.c_dim]))
+        clock, cpu_before = time.perf_counter(), cpu_seconds()
+        images = sampling.generate_array(G, range(NETWORK_IMAGES), truncation_psi=TRUNCATION_PSI, batch_size=batch)
+        g_cpu = cpu_seconds() - cpu_before
+        with torch.no_grad():
+            for start in range(0, NETWORK_IMAGES, d_batch):
+                chunk = torch.from_numpy(images[start:start + d_batch]).float() / 127.5 - 1
+                D(chunk, torch.zeros([len(chunk), D.c_dim]))
+        d_cpu = cpu_seconds() - cpu_before - g_cpu
+        detail = {"images": NETWORK_IMAGES, "G_cpu_ms_per_image": round(1000 * g_cpu / NETWORK_IMAGES, 1),
+                  "D_cpu_ms_per_image": round(1000 * d_cpu / NETWORK_IMAGES, 1)}
     elif stage in ("generate", "d_scoring"):
         from mura_aug.synth import filters, snapshots
         from mura_aug.synth.stage import run_stage
@@ -294,7 +324,7 @@ def _child(stage: str, scale: float, root: Path, all_parts: bool) -> dict:
     if all_parts:
         command.append("--child-all-parts")
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    if stage in ("generate", "d_scoring"):
+    if stage in ("generate", "d_scoring", "networks"):
         subprocess.run([sys.executable, __file__, "--child-setup", "--scales", str(scale), "--root", str(root)],
                        env=env, check=True)
     done = subprocess.run(command, capture_output=True, text=True, env=env)
