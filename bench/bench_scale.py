@@ -13,6 +13,19 @@ so its peak resident memory is its own:
   memorisation                  stage 05's filter: every fake against every real of the class (pixel space)
   near_duplicates               stage 05's filter: every fake against every earlier kept fake (32 px thumbs)
   metrics                       FID / KID / precision-recall / diversity on the fakes (offline extractor)
+  generate                      stage 05's own run_stage: 10,000 x scale fakes of one class at 256 px from a
+                                generator, truncation psi 0.7, greyed, sharpened x2, saved as 8-bit grey PNGs,
+                                listed in the manifest, then scored by the run's own D (DROP_FRACTION 0.1) and
+                                the augmented table written; memorisation and near-duplicates are off here
+                                (their own rows above). The generator and D are a `tiny` config at 256 px
+                                trained for one tick by gan.loop.train (its snapshot and state, written by the
+                                package, made once per workspace and not timed): a tiny network, so the data
+                                path is what is timed (sampling, greying, sharpening, saving, D scoring); the
+                                full-size G's speed is in bench/results/generate.md.
+  d_scoring                     stage 05's filter pass with only the D scorer on, over the fakes `generate`
+                                wrote (reading them back, D on each, the verdicts into the manifest)
+  networks                      the same tiny G and D alone on NETWORK_IMAGES images in memory (no files), so
+                                the networks' share of the two rows above is known
   eval_epoch                    stage 06's data path: the image cache at 64 px and one pass over the train set
   eval_bootstrap                stage 06's bootstrap: default resamples, 2 arms x 3 seeds of study predictions
 
@@ -45,12 +58,16 @@ sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "scale.md"
 PLOT = REPO / "bench" / "results" / "scale.png"
 STAGES = ("prepare_cold", "prepare_warm", "gan_load", "fakes_write", "memorisation", "near_duplicates", "metrics",
-          "eval_epoch", "eval_bootstrap")
+          "generate", "d_scoring", "networks", "eval_epoch", "eval_bootstrap")
 FAKES_AT_FULL_SCALE = 10_000  # fakes of one class at 1x: stage 05's next step
 BODY_PART = "XR_SHOULDER"
 GAN_RESOLUTION = 256  # px
 EVAL_IMAGE_SIZE = 64  # px: small input, so the data path and not the network is timed
 DUPLICATE_THRESHOLD = 3.0  # grey levels, the example value of stage 05's dedupe_threshold
+TRUNCATION_PSI = 0.7  # the generate stage's psi: below 1, so G's truncation step runs
+SHARPEN_FACTOR = 2.0  # PIL Sharpness factor of the study
+DROP_FRACTION = 0.1  # share of the fakes D scores lowest and stage 05 drops: > 0, so the D scorer runs
+NETWORK_IMAGES = 512  # images the networks stage runs G and D on (their cost per image does not grow with scale)
 
 
 # --- one stage in this process (called in a child) ---------------------------------------------------------
@@ -75,6 +92,51 @@ def _tree(root: Path, scale: float, parts) -> Path:
 def _fake_paths(root: Path, scale: float):
     folder = root / f"fakes_{scale:g}" / "positive"
     return sorted(folder.glob("*.png"))
+
+
+def _prepared(workspace: Path, mura: Path) -> None:
+    """Stage 01 into `workspace` unless it already ran there (not timed: the stage 05 rows need its tables)."""
+    from mura_aug.prepare.settings import PrepareSettings
+    from mura_aug.prepare.stage import run_stage
+    from mura_aug.workspace import Workspace
+
+    if not Workspace(workspace).dataset_zip(BODY_PART, "positive", GAN_RESOLUTION).is_file():
+        run_stage(workspace, PrepareSettings(mura_path=str(mura), body_part=BODY_PART, resolution=GAN_RESOLUTION),
+                  progress=False)
+
+
+def _tiny_run(workspace: Path, train: bool) -> str:
+    """The positive class's `tiny` 256 px run, trained for one tick by the package's own training loop (its
+    network file and full state with D, as training leaves them) when `train` and it is not there yet."""
+    from mura_aug.gan import loop
+    from mura_aug.gan.settings import RunSettings
+    from mura_aug.workspace import Workspace
+
+    run = f"{BODY_PART}-positive-tiny-{GAN_RESOLUTION}-bench"
+    if train and not Workspace(workspace).run(run).state_files():
+        # one tick of 8 images (2 steps of batch 4): enough for a snapshot; speed does not depend on the weights
+        loop.train(workspace, RunSettings(label="positive", body_part=BODY_PART, cfg="tiny",
+                                          resolution=GAN_RESOLUTION, kimg=0.008, kimg_per_tick=0.008, snap=1,
+                                          batch=4, device="cpu", progress=False, metrics_extractor="offline",
+                                          run=run).check(), log=lambda text: None)
+    return run
+
+
+def set_up_synth(scale: float, root: Path) -> None:
+    """What the generate and d_scoring stages start from, made once per workspace and not timed: stage 01's
+    tables and GAN dataset, and the tiny run. Run in a process of its own before the measured one, so that
+    training's memory does not count as theirs."""
+    workspace = root / f"workspace_shoulder_{scale:g}"
+    _prepared(workspace, _tree(root, scale, (BODY_PART,)))
+    _tiny_run(workspace, train=True)
+
+
+def _synth_settings(run: str, count: int):
+    from mura_aug.synth.settings import SynthSettings
+
+    return SynthSettings(body_part=BODY_PART, n_per_class=count, classes=("positive",), runs=[run],
+                         truncation_psi=TRUNCATION_PSI, sharpen_factor=SHARPEN_FACTOR, exclude_memorised=False,
+                         dedupe_threshold=None, drop_fraction=DROP_FRACTION, device="cpu").check()
 
 
 def run_one(stage: str, scale: float, root: Path, parts) -> dict:
@@ -153,6 +215,57 @@ def run_one(stage: str, scale: float, root: Path, parts) -> dict:
             reals, _ = load_real_images(workspace, BODY_PART, "positive", GAN_RESOLUTION)
             metrics, _ = compute_metrics(reals, read_image_files(paths), with_memorisation=False)
             detail = {"images": len(paths), "reals": len(reals), "fid_offline": round(metrics["fid_offline"], 2)}
+    elif stage == "networks":
+        import torch
+
+        from mura_aug.gan import sampling
+        from mura_aug.gan.network_file import load_generator
+        from mura_aug.synth.filters import load_discriminator
+        from mura_aug.synth.settings import SynthSettings
+        from mura_aug.workspace import Workspace
+
+        outputs = []
+        folder = Workspace(workspace).run(_tiny_run(workspace, train=False))
+        G = load_generator(folder.network_files()[-1])
+        D = load_discriminator(folder.state_files()[-1], "cpu")
+        batch, d_batch = SynthSettings.default_of("batch"), 32  # images per G call (stage 05's), per D call
+        warm = sampling.generate_array(G, range(d_batch), batch_size=batch)  # first calls set up the conv kernels
+        with torch.no_grad():
+            D(torch.from_numpy(warm).float() / 127.5 - 1, torch.zeros([len(warm), D.c_dim]))
+        clock, cpu_before = time.perf_counter(), cpu_seconds()
+        images = sampling.generate_array(G, range(NETWORK_IMAGES), truncation_psi=TRUNCATION_PSI, batch_size=batch)
+        g_cpu = cpu_seconds() - cpu_before
+        with torch.no_grad():
+            for start in range(0, NETWORK_IMAGES, d_batch):
+                chunk = torch.from_numpy(images[start:start + d_batch]).float() / 127.5 - 1
+                D(chunk, torch.zeros([len(chunk), D.c_dim]))
+        d_cpu = cpu_seconds() - cpu_before - g_cpu
+        detail = {"images": NETWORK_IMAGES, "G_cpu_ms_per_image": round(1000 * g_cpu / NETWORK_IMAGES, 1),
+                  "D_cpu_ms_per_image": round(1000 * d_cpu / NETWORK_IMAGES, 1)}
+    elif stage in ("generate", "d_scoring"):
+        from mura_aug.synth import filters, snapshots
+        from mura_aug.synth.stage import run_stage
+        from mura_aug.workspace import Workspace
+
+        run = _tiny_run(workspace, train=False)  # made by set_up_synth in its own process (its memory not ours)
+        space = Workspace(workspace)
+        settings = _synth_settings(run, round(FAKES_AT_FULL_SCALE * scale))
+        outputs = [space.augmented]
+        if stage == "generate":
+            shutil.rmtree(space.augmented, ignore_errors=True)  # a rerun would keep the fakes already there
+            clock, cpu_before = time.perf_counter(), cpu_seconds()
+            result = run_stage(workspace, settings, progress=False, log=lambda text: None)
+            detail = {"images": result.generated["positive"].generated, "dropped": len(result.dropped)}
+        else:
+            fakes = sorted(space.augmented_dir("positive", BODY_PART).glob("*.png"))
+            if len(fakes) != settings.n_per_class:
+                raise SystemExit(f"d_scoring needs the {settings.n_per_class} fakes of `generate` at this scale "
+                                 f"({len(fakes)} found): run --stages generate d_scoring")
+            before = _folder_bytes(space.augmented)
+            clock, cpu_before = time.perf_counter(), cpu_seconds()
+            picked = snapshots.find_snapshots(space, BODY_PART, settings.runs, settings.classes)
+            dropped = filters.filter_fakes(space, settings, filters.scorer_for(settings, picked), progress=False)
+            detail = {"images": len(fakes), "dropped": len(dropped)}
     elif stage == "eval_epoch":
         from mura_aug.evaluate.data import ImageCache, load_tables, make_dataset
 
@@ -211,6 +324,9 @@ def _child(stage: str, scale: float, root: Path, all_parts: bool) -> dict:
     if all_parts:
         command.append("--child-all-parts")
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if stage in ("generate", "d_scoring", "networks"):
+        subprocess.run([sys.executable, __file__, "--child-setup", "--scales", str(scale), "--root", str(root)],
+                       env=env, check=True)
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         print(done.stderr[-3000:], file=sys.stderr)
@@ -244,8 +360,13 @@ def write_results(rows, args, started: str, load_before: str, load_after: str) -
              "(1x = 8,379 train + 563 valid images, 256-512 px per side). Each stage runs in a fresh process; peak "
              "RSS is the largest of that process and any one of its workers. `images` is the stage's input count "
              "(fakes for the stage 05 filters and metrics, whose reals are the positive class's train images). "
-             "The fakes are real dataset images with noise written as 256 px PNGs: the generator itself is not "
-             "timed here (bench/bench_generate.py).", "",
+             "For fakes_write and the filters and metrics after it, the fakes are real dataset images with noise "
+             "written as 256 px PNGs. `generate` is stage 05's own run_stage (truncation psi "
+             f"{TRUNCATION_PSI:g}, sharpening x{SHARPEN_FACTOR:g}, 8-bit grey PNGs, the manifest, D scoring with "
+             f"DROP_FRACTION {DROP_FRACTION:g}, the augmented table; memorisation and near-duplicates off, they have "
+             "their own rows) from a `tiny` 256 px run trained for one tick by gan.loop.train, and `d_scoring` its "
+             "filter pass with only the run's D over those fakes: tiny networks, so the data path is what is "
+             "timed; the full-size generator's speed is in bench/results/generate.md.", "",
              "| stage | scale | images | wall s | CPU s | CPU ms/image | peak RSS MB | written MB | notes |",
              "|---|---|---|---|---|---|---|---|---|"]
     slopes = {}
@@ -264,11 +385,20 @@ def write_results(rows, args, started: str, load_before: str, load_after: str) -
     lines += ["", "Log-log slope of CPU seconds against images (1 = linear; pairwise work is 2 when both sets grow):",
               "", "| stage | slope |", "|---|---|"]
     lines += [f"| {stage} | {value:.2f} |" for stage, value in slopes.items()]
-    lines += ["", f"Plot: `{PLOT.name}` (CPU seconds and peak RSS against images, log-log).", "",
-              "Raw: " + json.dumps(rows)]
+    lines += ["", f"Plot: `{PLOT.name}` (CPU seconds and peak RSS against images, log-log).", ""]
+    notes = _hand_written(RESULTS.read_text()) if RESULTS.is_file() else ""
+    lines += ([notes, ""] if notes else []) + ["Raw: " + json.dumps(rows)]
     RESULTS.write_text("\n".join(lines) + "\n")
     _plot(by_stage)
     print(f"wrote {RESULTS}")
+
+
+def _hand_written(text: str) -> str:
+    """The sections written by hand into an earlier scale.md (from its first '## ' heading up to the raw rows),
+    so that a rerun keeps them."""
+    body = text.split("\nRaw: ", 1)[0]
+    start = body.find("\n## ")
+    return body[start + 1:].strip() if start >= 0 else ""
 
 
 def _plot(by_stage) -> None:
@@ -314,7 +444,11 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="add to the rows of an earlier run (raw JSON)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-all-parts", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-setup", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_setup:
+        set_up_synth(args.scales[0], args.root)
+        return
     if args.child:
         from mura_aug.prepare.mura import BODY_PARTS
 

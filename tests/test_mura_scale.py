@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -270,19 +271,48 @@ def test_available_memory_reads_the_system():
 def test_half_scale_rehearsal_end_to_end(tmp_path):
     """Every stage of bench/bench_scale.py at 1/2 x XR_SHOULDER (4,472 images, 5,000 fakes): it finishes, the
     counts are MURA's, each stage stays inside the 8 GB budget and the warm rerun of stage 01 does no work."""
+    bench = _bench_scale()
+    rows = {}
+    for stage in bench.STAGES:
+        if stage == "generate":
+            bench.set_up_synth(0.5, tmp_path)  # the tiny 256 px run stage 05 draws from (the driver's step)
+        rows[stage] = bench.run_one(stage, 0.5, tmp_path, (bench.BODY_PART,))
+    assert rows["prepare_cold"]["images"] == round(8379 / 2) + round(563 / 2)
+    assert rows["prepare_warm"]["written_mb"] < 1 and rows["prepare_warm"]["wall_s"] < 30
+    assert rows["fakes_write"]["images"] == 5000
+    assert rows["memorisation"]["flagged"] == 5000  # the stand-in fakes are noisy copies of reals: all caught
+    # stage 05's own path: 5,000 fakes generated and saved, the worst tenth by D dropped, in both stages
+    assert rows["generate"]["images"] == rows["d_scoring"]["images"] == 5000
+    assert rows["generate"]["dropped"] == rows["d_scoring"]["dropped"] == 500
+    for stage, row in rows.items():
+        assert row["peak_rss_mb"] < 8 * 1024, f"{stage} peaked at {row['peak_rss_mb']} MB"
+
+
+def _bench_scale():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_scale", Path(__file__).parent.parent / "bench" /
                                                   "bench_scale.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rows = {stage: bench.run_one(stage, 0.5, tmp_path, (bench.BODY_PART,)) for stage in bench.STAGES}
-    assert rows["prepare_cold"]["images"] == round(8379 / 2) + round(563 / 2)
-    assert rows["prepare_warm"]["written_mb"] < 1 and rows["prepare_warm"]["wall_s"] < 30
-    assert rows["fakes_write"]["images"] == 5000
-    assert rows["memorisation"]["flagged"] == 5000  # the stand-in fakes are noisy copies of reals: all caught
-    for stage, row in rows.items():
-        assert row["peak_rss_mb"] < 8 * 1024, f"{stage} peaked at {row['peak_rss_mb']} MB"
+    return bench
+
+
+def test_rewriting_scale_results_keeps_the_hand_written_sections(tmp_path, monkeypatch):
+    bench = _bench_scale()
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "scale.md")
+    monkeypatch.setattr(bench, "_plot", lambda by_stage: None)
+    row = {"stage": "generate", "scale": 0.5, "wall_s": 2.0, "cpu_s": 1.0, "peak_rss_mb": 9, "written_mb": 1.0,
+           "images": 10}
+    findings = "## Findings\n\n* written by hand, kept"
+    bench.RESULTS.write_text(f"# old\n\n| stage |\n\n{findings}\n\nRaw: []\n")
+    bench.write_results([row, {**row, "scale": 1.0, "cpu_s": 2.0, "images": 20}], None, "now", "1", "2")
+    text = bench.RESULTS.read_text()
+    assert text.count(findings) == 1 and text.index("| generate | 0.5 |") < text.index(findings)
+    assert "| generate | 1.00 |" in text  # the slope of the two rows: twice the images, twice the CPU
+    assert text.rstrip().endswith(json.dumps([row, {**row, "scale": 1.0, "cpu_s": 2.0, "images": 20}]))
+    bench.write_results([row], None, "later", "1", "2")  # again: still once
+    assert bench.RESULTS.read_text().count(findings) == 1
 
 
 def test_reading_fakes_holds_each_image_once(tmp_path):
