@@ -7,7 +7,7 @@ networks.py builds the model from these (it reads like the paper; this module is
 - convolution with integrated up/downsampling (`conv2d_resample`), with the Winograd switch for the big
   stride-1 3x3 convolutions on a CPU (`CPU_WINOGRAD`, mura_aug.gan.winograd);
 - bias + activation + gain + clamp (`bias_act`, `activate`, `clamp_to`) as ordinary tensor ops;
-- the dtype and memory format of a block (`block_dtype`, `block_memory_format`, the CPU's measured layout
+- the dtype and memory format of a block (`block_dtype`, `block_memory_format`, and the CPU layout rule
   `cpu_channels_last`).
 Everything runs on CPU and CUDA with any torch >= 2.1; results match NVlabs' ops to float rounding.
 """
@@ -303,8 +303,8 @@ def block_dtype(use_fp16: bool, device: torch.device, force_fp32: bool):
 
 def block_memory_format(fp16_channels_last: bool, dtype, device: torch.device):
     """channels-last for float16 blocks built with fp16_channels_last (NVlabs' option for tensor cores); on a
-    CPU, channels-last for the float32 blocks where this CPU runs the networks' convolutions faster that way
-    (cpu_channels_last); NCHW otherwise."""
+    CPU, channels-last for the float32 blocks where the CPU layout rule says so (cpu_channels_last); NCHW
+    otherwise."""
     if dtype == torch.float16 and fp16_channels_last:
         return torch.channels_last
     if device.type == "cpu" and dtype == torch.float32 and cpu_channels_last():
@@ -313,7 +313,7 @@ def block_memory_format(fp16_channels_last: bool, dtype, device: torch.device):
 
 
 # Whether channels-last pays for float32 on a CPU depends on the CPU. Measured: on an AMD EPYC whose widest vector
-# unit is AVX2, tiny-32 training ran 10-15 % faster channels-last (bench/results/train_cpu.md); on an Intel Xeon
+# unit is AVX2, tiny-32 training ran 9-11 % faster channels-last (bench/results/train_cpu.md); on an Intel Xeon
 # with AVX-512 the networks ran 5-10 % slower (docs/gan_networks.md). So the rule follows the vector unit torch
 # dispatches to: channels-last where that is AVX2. A fixed rule, not a timing probe, so that two runs on one
 # machine compute the same numbers (a probe under load would pick either layout, and the layouts round
