@@ -246,6 +246,9 @@ def test_a_refused_pt_file_is_called_unverifiable_everywhere_it_is_loaded(tmp_pa
             load()
         assert_refused_plainly(str(caught.value), evil)
         assert "cannot be" not in str(caught.value), name
+    from gan_datasets import make_dataset
+
+    make_dataset(tmp_path / "ws")  # a dataset to train on, so the command gets as far as loading the file
     status = cli.main(["train", "--workspace", str(tmp_path / "ws"), "--label", "positive", "--cfg", "tiny",
                        "--resume", str(evil), "--device", "cpu", "--no-progress"])
     assert status == 2
