@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
 from mura_aug.synth import generate, snapshots  # noqa: E402
 from mura_aug.workspace import Workspace  # noqa: E402
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 
 TARGET_IMAGES = 10_000  # the original work's next step
 
@@ -152,9 +154,7 @@ def main() -> None:
               "The share column is the part of the wall time spent inside G's forward calls.", "",
               f"Reproduce: `python bench/bench_generate.py --images {args.images} --batch {args.batch} "
               f"--device {args.device}{' --full' if args.full else ''}`", ""]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    out = write_keeping_readings(Path(args.out), "\n".join(lines))  # the readings under "## " headings stay
     print(f"wrote {out}")
 
 

@@ -51,6 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine_speed import cpu_model, cpu_seconds, load_average  # noqa: E402  (bench/machine_speed.py)
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -385,20 +386,10 @@ def write_results(rows, args, started: str, load_before: str, load_after: str) -
     lines += ["", "Log-log slope of CPU seconds against images (1 = linear; pairwise work is 2 when both sets grow):",
               "", "| stage | slope |", "|---|---|"]
     lines += [f"| {stage} | {value:.2f} |" for stage, value in slopes.items()]
-    lines += ["", f"Plot: `{PLOT.name}` (CPU seconds and peak RSS against images, log-log).", ""]
-    notes = _hand_written(RESULTS.read_text()) if RESULTS.is_file() else ""
-    lines += ([notes, ""] if notes else []) + ["Raw: " + json.dumps(rows)]
-    RESULTS.write_text("\n".join(lines) + "\n")
+    lines += ["", f"Plot: `{PLOT.name}` (CPU seconds and peak RSS against images, log-log)."]
+    write_keeping_readings(RESULTS, "\n".join(lines), tail="Raw: " + json.dumps(rows), tail_starts="\nRaw: ")
     _plot(by_stage)
     print(f"wrote {RESULTS}")
-
-
-def _hand_written(text: str) -> str:
-    """The sections written by hand into an earlier scale.md (from its first '## ' heading up to the raw rows),
-    so that a rerun keeps them."""
-    body = text.split("\nRaw: ", 1)[0]
-    start = body.find("\n## ")
-    return body[start + 1:].strip() if start >= 0 else ""
 
 
 def _plot(by_stage) -> None:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 from bench_networks import NVLABS_AUTO_32_S_PER_KIMG  # noqa: E402  (NVIDIA's reference, issue 3)
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 
 REG_PERIOD_STEPS = 16  # lcm of NVlabs' G_reg_interval 4 and D_reg_interval 16
 
@@ -147,19 +148,8 @@ def write_report(path: Path, results, argv, speed_note=""):
         if r["name"] == "auto-32" and r["threads"] == 2:
             lines += ["", f"auto-32 (batch 4, {r['threads']} threads): {r['wall'][0]:.0f} s/kimg wall; NVIDIA's code "
                       f"about {NVLABS_AUTO_32_S_PER_KIMG:.0f}; goal <= {NVLABS_AUTO_32_S_PER_KIMG / 2:.0f}."]
-    # The readings written by hand under "## " headings stay (a rerun replaces only the measured part above them).
-    kept = _hand_written_sections(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
+    write_keeping_readings(path, "\n".join(lines))  # the readings written by hand under "## " headings stay
     print(f"wrote {path}")
-
-
-def _hand_written_sections(path: Path) -> str:
-    if not path.exists():
-        return ""
-    text = path.read_text()
-    start = text.find("\n## ")
-    return text[start + 1:] if start >= 0 else ""
 
 
 def main():
