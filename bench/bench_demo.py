@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 from mura_aug.gan.snapshot import list_snapshots  # noqa: E402  (this checkout's package, as the demo runs it)
 from mura_aug.notebooks.series import SERIES_RECORD  # noqa: E402
-from mura_aug.workspace import Workspace, kimg_tag  # noqa: E402
+from mura_aug.workspace import Workspace  # noqa: E402
 
 TARGET_S = 360  # the whole cold demo within 6 minutes (issue 18)
 GRID_UPSCALE = 3  # nearest-neighbour, so 32 px images stay sharp in the committed picture
@@ -68,7 +68,7 @@ def save_grids_beside(workspace: Path, out: Path) -> Path:
         row.paste(pair[1], (pair[0].width + 20, 24))
         draw = ImageDraw.Draw(row)
         draw.text((4, 4), f"{run.name}: real training images", fill=0)
-        draw.text((pair[0].width + 24, 4), f"fakes at {kimg_tag(newest.kimg)}kimg (G_ema, seeds 0..)", fill=0)
+        draw.text((pair[0].width + 24, 4), f"fakes at {newest.kimg:g} kimg (G_ema, seeds 0..)", fill=0)
         rows.append(row)
     sheet = Image.new("L", (max(r.width for r in rows), sum(r.height + 10 for r in rows)), 255)
     top = 0

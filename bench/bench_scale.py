@@ -425,6 +425,16 @@ def _codec() -> str:
     return png_codec()
 
 
+ALL_PARTS_STAGES = ("prepare_cold", "prepare_warm")  # what --all-parts S times at scale S
+
+
+def _measured_again(row: dict, args) -> bool:
+    """Whether this call measures `row`'s stage and scale again (so --append replaces the row, not adds to it)."""
+    if row.get("all_parts"):
+        return row["stage"] in ALL_PARTS_STAGES and row["scale"] in args.all_parts
+    return row["stage"] in args.stages and row["scale"] in args.scales
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scales", type=float, nargs="+", default=[0.125, 0.5, 1.0])
@@ -453,15 +463,14 @@ def main() -> None:
     rows = []
     if args.append and RESULTS.is_file():
         raw = RESULTS.read_text().split("Raw: ", 1)[-1].strip()
-        rows = [r for r in json.loads(raw) if not (r["stage"] in args.stages and r["scale"] in args.scales
-                                                   and not r.get("all_parts"))]
+        rows = [r for r in json.loads(raw) if not _measured_again(r, args)]
     for scale in args.scales:
         for stage in args.stages:
             row = _child(stage, scale, args.root, False)
             print(json.dumps(row), flush=True)
             rows.append(row)
     for scale in args.all_parts:
-        for stage in ("prepare_cold", "prepare_warm"):
+        for stage in ALL_PARTS_STAGES:
             row = _child(stage, scale, args.root, True)
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -334,3 +334,15 @@ def test_reading_fakes_holds_each_image_once(tmp_path):
     tracemalloc.stop()
     assert images.shape == (40, 3, 64, 64) and images[7].max() == 7
     assert peak < 1.5 * images.nbytes  # not a list of arrays plus np.stack (2x)
+
+
+def test_append_replaces_the_rows_a_call_measures_again_all_parts_included():
+    import argparse
+
+    bench = _bench_scale()
+    args = argparse.Namespace(stages=["generate"], scales=[0.5], all_parts=[0.125])
+    assert bench._measured_again({"stage": "generate", "scale": 0.5}, args)
+    assert not bench._measured_again({"stage": "generate", "scale": 1.0}, args)  # another scale stays
+    assert bench._measured_again({"stage": "prepare_cold", "scale": 0.125, "all_parts": True}, args)
+    assert not bench._measured_again({"stage": "prepare_cold", "scale": 0.5, "all_parts": True}, args)
+    assert not bench._measured_again({"stage": "prepare_cold", "scale": 0.125}, args)  # XR_SHOULDER alone: not asked
