@@ -346,3 +346,24 @@ def test_append_replaces_the_rows_a_call_measures_again_all_parts_included():
     assert bench._measured_again({"stage": "prepare_cold", "scale": 0.125, "all_parts": True}, args)
     assert not bench._measured_again({"stage": "prepare_cold", "scale": 0.5, "all_parts": True}, args)
     assert not bench._measured_again({"stage": "prepare_cold", "scale": 0.125}, args)  # XR_SHOULDER alone: not asked
+
+
+def test_drawing_a_demo_tree_holds_one_image_at_a_time_not_the_tree(tmp_path):
+    import tracemalloc
+
+    from mura_aug.prepare.demo_data import make_demo_mura
+
+    make_demo_mura(tmp_path / "warm", patients=2, workers=1)  # imports and first-call set-up outside the count
+    peaks, sizes = [], []
+    for patients in (8, 32):
+        tracemalloc.start()
+        try:
+            tree = make_demo_mura(tmp_path / f"demo_{patients}", patients=patients, workers=1)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        sizes.append(sum(path.stat().st_size for path in tree.rglob("*.png")))
+    # Holding every PNG until the end (as a list of the drawn images once did) makes the peak grow with the
+    # tree's bytes; streaming them leaves only the drawing of one image, the same at any tree size.
+    assert sizes[1] > 3 * sizes[0]
+    assert peaks[1] - peaks[0] < (sizes[1] - sizes[0]) / 2, f"peaks {peaks} B for trees of {sizes} B"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import math
 import os
@@ -436,7 +437,7 @@ def _write_folder(target: Path, files: dict, pngs, marker: bytes) -> None:
     # Built in a temporary sibling and renamed, so an interrupted run never leaves half a tree behind.
     staging = Path(tempfile.mkdtemp(prefix=".MURA-v1.1.", dir=target.parent))
     try:
-        for member, data in list(files.items()) + list(pngs):
+        for member, data in itertools.chain(files.items(), pngs):  # one PNG in memory at a time, not the tree
             path = staging / member.removeprefix("MURA-v1.1/")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
