@@ -22,8 +22,11 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+import machine_speed  # noqa: E402  (bench/machine_speed.py: how fast the shared host is right now)
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 from mura_aug.gan.snapshot import list_snapshots  # noqa: E402  (this checkout's package, as the demo runs it)
-from mura_aug.notebooks.series import SERIES_RECORD  # noqa: E402
+from mura_aug.notebooks.series import DEMO_SIDE_BY_SIDE, SERIES_RECORD, SIDE_BY_SIDE_THREADS  # noqa: E402
 from mura_aug.workspace import Workspace  # noqa: E402
 
 TARGET_S = 360  # the whole cold demo within 6 minutes (issue 18)
@@ -91,11 +94,14 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch_version}")
 
 
-def report(cold: dict, warm: dict) -> str:
+def report(cold: dict, warm: dict, speed_note: str = "") -> str:
     lines = ["# `python -m mura_aug demo`: time on generated data", "",
              f"Machine: {machine()}. Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
              "Settings: `mura_aug/notebooks/demo_params.yaml`. Measured by `bench/bench_demo.py` (wall-clock, the machine "
-             "shared with other work, so expect some noise).", "",
+             "shared with other work, so expect some noise).",
+             f"{' and '.join(DEMO_SIDE_BY_SIDE)} run side by side, {SIDE_BY_SIDE_THREADS} CPU thread(s) each: their "
+             "times overlap, so the notebooks' times add up to more than the whole command's.",
+             f"{speed_note}." if speed_note else "", "",
              "| notebook | cold run (s) | rerun (s) | status (cold / rerun) |", "|---|---:|---:|---|"]
     warm_by_name = {entry["name"]: entry for entry in warm["notebooks"]}
     for entry in cold["notebooks"]:
@@ -117,15 +123,16 @@ def main() -> int:
     parser.add_argument("--workspace", default=None, help="a new folder for the demo (default: a temporary one)")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / "demo.md"))
     args = parser.parse_args()
+    before = machine_speed.measure()
     with tempfile.TemporaryDirectory() as scratch:
         workspace = Path(args.workspace) if args.workspace else Path(scratch) / "demo"
         cold = run_demo(workspace)
         if cold["returncode"] == 0:
             save_grids_beside(workspace, Path(args.out).with_name("demo_fakes_beside_reals.png"))
         warm = run_demo(workspace)
-    text = report(cold, warm)
+    text = report(cold, warm, machine_speed.describe(before, machine_speed.measure()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_keeping_readings(Path(args.out), text)  # the readings written by hand under "## " headings stay
     print(text)
     return 0 if cold["returncode"] == 0 else 1
 

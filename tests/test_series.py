@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -316,3 +317,72 @@ def test_demo_runs_its_notebooks_in_its_own_workspace_and_ends_with_the_comparis
                  if entry["metric"] == "kappa" and entry["threshold_rule"] == "0.5")
     assert "kappa (threshold 0.5)" in table and f"{kappa['augmented']:.3f} [" in table
     assert out.index("Baseline vs augmented") > out.index("[2/2] 06_densenet_eval")
+
+
+# --- notebooks side by side ---------------------------------------------------------------------------
+
+# Each records when it ran (time.time(), s) and the CPU threads its kernel got.
+TIMED_CELL = '''import json, os, pathlib, time
+started = time.time()
+time.sleep(PAUSE_S)
+pathlib.Path(WORKSPACE, "timed_{name}.json").write_text(json.dumps(dict(
+    started=started, ended=time.time(), omp=os.environ.get("OMP_NUM_THREADS"))))'''
+
+
+@pytest.fixture
+def timed_series(tmp_path) -> Path:
+    folder = tmp_path / "notebooks"
+    for name in ("01_first", "02_second", "03_third"):
+        _make_notebook(folder, name, 'PAUSE_S = 1.5  # seconds to wait\nFAIL = False  # raise at the end\n',
+                       body=TIMED_CELL.format(name=name) + '\nif FAIL:\n    raise ValueError("boom from ' + name + '")')
+    return folder
+
+
+def _timed(workspace: Path, name: str) -> dict:
+    return json.loads((workspace / f"timed_{name}.json").read_text())
+
+
+def test_notebooks_side_by_side_overlap_get_their_threads_and_the_next_waits_for_both(timed_series, tmp_path):
+    notebooks = series.find_notebooks(timed_series)
+    parameters = {name: {"WORKSPACE": str(tmp_path)} for name in notebooks}
+    lines = []
+    result = series.run_series(notebooks, parameters, tmp_path / "out", progress=False, echo=lines.append,
+                               side_by_side=("01_first", "02_second"))
+    assert result.ok, lines
+    first, second, third = (_timed(tmp_path, name) for name in notebooks)
+    assert first["started"] < second["ended"] and second["started"] < first["ended"]  # at the same time
+    assert third["started"] > max(first["ended"], second["ended"])  # the next one waits for both
+    assert first["omp"] == second["omp"] == str(series.SIDE_BY_SIDE_THREADS)
+    assert third["omp"] == os.environ.get("OMP_NUM_THREADS")  # a notebook run here keeps this process's
+    assert all(run.seconds >= 1.5 for run in result.runs)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{name}.ipynb" for name in notebooks]
+    assert any("01_first and 02_second run side by side" in line for line in lines)
+
+
+def test_a_failure_side_by_side_lets_the_other_finish_and_stops_the_series(timed_series, tmp_path):
+    notebooks = series.find_notebooks(timed_series)
+    parameters = {name: {"WORKSPACE": str(tmp_path)} for name in notebooks}
+    parameters["01_first"].update(FAIL=True, PAUSE_S=0.1)
+    result = series.run_series(notebooks, parameters, tmp_path / "out", progress=False, echo=lambda text: None,
+                               side_by_side=("01_first", "02_second"))
+    assert [run.status for run in result.runs] == ["FAILED", "ok", "not run"]
+    assert "Notebook 01_first.ipynb failed in cell" in result.runs[0].error
+    assert "ValueError: boom from 01_first" in result.runs[0].error
+    assert "boom from 01_first" in (tmp_path / "out" / "01_first.ipynb").read_text()  # the executed copy kept
+    assert not (tmp_path / "timed_03_third.json").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["01_first.ipynb", "02_second.ipynb"]
+
+
+def test_a_process_that_ends_without_its_outcome_is_a_failure_that_names_the_executed_copy(tmp_path):
+    run = series.NotebookRun("02_x", tmp_path / "02_x.ipynb", tmp_path / "out" / "02_x.ipynb", {})
+    status, error = series._outcome(tmp_path / "never_written.json", -9, run)
+    assert status == "FAILED" and "exit status -9" in error and str(run.output) in error
+
+
+def test_the_demo_resumes_the_run_that_one_after_the_other_leaves_newest(tmp_path):
+    available = series.find_notebooks()
+    workspace = series.demo_workspace(tmp_path / "demo")
+    parameters = series.demo_parameters(available, workspace)
+    trained = parameters["03_train_negative"]
+    assert parameters["04_resume"]["RUN"] == f"{trained['BODY_PART']}-negative-{trained['CFG']}-{trained['RESOLUTION']}"
+    assert set(series.DEMO_SIDE_BY_SIDE) == {"02_train_positive", "03_train_negative"}

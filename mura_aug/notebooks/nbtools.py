@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 from mura_aug.errors import UserError
 
@@ -196,16 +196,25 @@ def _fix_for(exc: BaseException) -> str:
     return "check that the notebook file is a valid .ipynb (restore it from git if it was damaged)."
 
 
+def environment_importing_this_package(environ: Mapping[str, str]) -> Dict[str, str]:
+    """A copy of `environ` whose PYTHONPATH starts with the folder that holds this package.
+
+    A notebook's kernel, or a notebook run in a process of its own, is a separate process; without this it
+    would import whatever `mura_aug` is installed (or, finding none, the setup cell would try to pip-install
+    one from the internet).
+    """
+    env = dict(environ)
+    previous = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_PARENT)] + ([previous] if previous else []))
+    return env
+
+
 @contextlib.contextmanager
 def _kernel_imports_this_package():
-    """Put this package's folder first on the kernel's PYTHONPATH while a notebook runs.
-
-    The kernel is a separate process; without this it would import whatever `mura_aug` is installed (or,
-    finding none, the setup cell would try to pip-install one from the internet).
-    """
+    """Put this package's folder first on the kernel's PYTHONPATH while a notebook runs (the kernel manager
+    copies this process's environment when it starts the kernel)."""
     previous = os.environ.get("PYTHONPATH")
-    parts = [str(PACKAGE_PARENT)] + ([previous] if previous else [])
-    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    os.environ["PYTHONPATH"] = environment_importing_this_package(os.environ)["PYTHONPATH"]
     try:
         yield
     finally:

@@ -24,6 +24,7 @@ comparison, as stage 06 itself reads it from what it wrote (`mura_aug.evaluate.s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import time
@@ -34,12 +35,20 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 from mura_aug.errors import UserError
 from mura_aug.notebooks import nbtools
-from mura_aug.workspace import CLASSES, Workspace, atomic_write_json, resolve_workspace
+from mura_aug.workspace import CLASSES, Workspace, atomic_write_json, resolve_workspace, run_name
 
 # The series in the order it runs; data flows from each notebook to the later ones.
 SERIES = ("01_prepare", "02_train_positive", "03_train_negative", "04_resume", "05_crop_sharpen",
           "06_densenet_eval")
 COMMON_SECTION = "common"
+# The demo's notebooks that run side by side: each trains one class's GAN into a run folder of its own from
+# what 01 wrote, and neither reads what the other writes. On a 2-core CPU the two together at one thread each
+# take ~1.4x less time than one after the other at two threads (torch's small convolutions use a second core
+# poorly; bench/results/demo.md).
+DEMO_SIDE_BY_SIDE = ("02_train_positive", "03_train_negative")
+# torch CPU threads of each notebook run side by side. Fixed rather than per machine: the demo's numbers then
+# repeat on every machine (a different thread count sums floats in a different order).
+SIDE_BY_SIDE_THREADS = 1
 DEMO_PARAMS_FILE = Path(__file__).resolve().with_name("demo_params.yaml")
 DEFAULT_DEMO_WORKSPACE = "./demo_workspace"
 NOTEBOOK_FILE_PATTERN = re.compile(r"^(\d\d)_\w+$")
@@ -247,38 +256,126 @@ class SeriesResult:
 
 def run_series(notebooks: Mapping[str, Path], parameters: Mapping[str, dict], output_dir: PathLike,
                keep_going: bool = False, progress: bool = True, log_output: bool = False,
-               cwd: Optional[PathLike] = None, echo: Callable[[str], None] = print) -> SeriesResult:
+               cwd: Optional[PathLike] = None, echo: Callable[[str], None] = print,
+               side_by_side: Sequence[str] = ()) -> SeriesResult:
     """Execute `notebooks` (stem -> path, in order) with papermill; executed copies in `output_dir`.
 
-    Stops at the first failure unless `keep_going`. Never raises for a failing notebook: the result holds
-    each notebook's status, time (s) and error (which names the failing cell).
+    Notebooks named in `side_by_side` run each in a process of its own with SIDE_BY_SIDE_THREADS CPU
+    threads, those next to each other in the order at the same time (they must not read what the other
+    writes). Stops at the first failure unless `keep_going` (notebooks already running side by side finish).
+    Never raises for a failing notebook: the result holds each notebook's status, time (s) and error (which
+    names the failing cell).
     """
     output_dir = Path(output_dir)
     result = SeriesResult([NotebookRun(name, Path(path), output_dir / f"{name}.ipynb", dict(parameters.get(name, {})))
                            for name, path in notebooks.items()])
     total = len(result.runs)
-    for number, run in enumerate(result.runs, start=1):
-        shown = ", ".join(f"{key}={value!r}" for key, value in run.parameters.items() if key != "WORKSPACE")
-        echo(f"[{number}/{total}] {run.name}" + (f"  ({shown})" if shown else ""))
+    groups: List[List[int]] = []  # indices of the runs that start together, in order
+    for index, run in enumerate(result.runs):
+        if groups and run.name in side_by_side and result.runs[groups[-1][-1]].name in side_by_side:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    for group in groups:
+        for index in group:
+            run = result.runs[index]
+            shown = ", ".join(f"{key}={value!r}" for key, value in run.parameters.items() if key != "WORKSPACE")
+            echo(f"[{index + 1}/{total}] {run.name}" + (f"  ({shown})" if shown else ""))
+        if result.runs[group[0]].name in side_by_side:
+            _run_side_by_side([result.runs[index] for index in group], output_dir, log_output, cwd, echo, result)
+        else:
+            _run_here(result.runs[group[0]], progress, log_output, cwd, echo, result)
+        if any(result.runs[index].error for index in group) and not keep_going:
+            break
+    return result
+
+
+def _run_here(run: NotebookRun, progress: bool, log_output: bool, cwd, echo, result: SeriesResult) -> None:
+    """One notebook, its kernel started from this process."""
+    started = time.perf_counter()
+    try:
+        nbtools.execute_notebook(run.source, run.output, parameters=run.parameters, cwd=cwd,
+                                 progress=progress, log_output=log_output)
+    except UserError as exc:
+        run.status, run.error = "FAILED", str(exc)
+    except KeyboardInterrupt:
+        run.status, run.seconds = "interrupted", time.perf_counter() - started
+        echo(format_status_table(result))
+        raise
+    else:
+        run.status = "ok"
+    run.seconds = time.perf_counter() - started
+    _echo_end(run, echo)
+
+
+def _echo_end(run: NotebookRun, echo) -> None:
+    echo(f"      {run.name}: {run.status} in {format_seconds(run.seconds)} -> {run.output}")
+    if run.error:
+        echo(f"error: {run.error}")
+
+
+def _run_side_by_side(runs: List[NotebookRun], output_dir: Path, log_output: bool, cwd, echo,
+                      result: SeriesResult) -> None:
+    """Start each of `runs` in its own process (mura_aug.notebooks.own_process) and wait for all of them."""
+    import subprocess
+    import sys
+    import tempfile
+
+    threads = str(SIDE_BY_SIDE_THREADS)
+    # OMP_NUM_THREADS sets torch's CPU threads in the kernel: one per notebook, so that two notebooks share
+    # two cores instead of fighting over them (oversubscribed, torch's threads slow down many times over).
+    env = nbtools.environment_importing_this_package({**os.environ, "OMP_NUM_THREADS": threads,
+                                                      "MKL_NUM_THREADS": threads})
+    names = " and ".join(run.name for run in runs)
+    echo(f"      {names} run side by side, {threads} CPU thread(s) each" if len(runs) > 1 else
+         f"      {names} runs in its own process, {threads} CPU thread(s)")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot create the folder {output_dir} for the executed notebooks: {exc.strerror}.",
+                        "Choose an output folder you can write to.") from exc
+    with tempfile.TemporaryDirectory(prefix=".side_by_side-", dir=output_dir) as scratch:
         started = time.perf_counter()
+        running = {}
+        for run in runs:
+            task = Path(scratch) / f"{run.name}.json"
+            outcome = Path(scratch) / f"{run.name}.outcome.json"
+            task.write_text(json.dumps({"source": str(run.source), "output": str(run.output),
+                                        "parameters": run.parameters, "cwd": str(cwd) if cwd else None,
+                                        "log_output": log_output, "outcome": str(outcome)}), encoding="utf-8")
+            process = subprocess.Popen([sys.executable, "-m", "mura_aug.notebooks.own_process", str(task)], env=env)
+            running[run.name] = (run, process, outcome)
         try:
-            nbtools.execute_notebook(run.source, run.output, parameters=run.parameters, cwd=cwd,
-                                     progress=progress, log_output=log_output)
-        except UserError as exc:
-            run.status, run.error = "FAILED", str(exc)
+            while running:
+                for name, (run, process, outcome) in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    run.seconds = time.perf_counter() - started
+                    run.status, run.error = _outcome(outcome, process.returncode, run)
+                    _echo_end(run, echo)
+                    del running[name]
+                time.sleep(0.2)
         except KeyboardInterrupt:
-            run.status, run.seconds = "interrupted", time.perf_counter() - started
+            # The terminal's Ctrl-C reached the children too; give them a moment to save the executed copies.
+            for run, process, _ in running.values():
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                run.status, run.seconds = "interrupted", time.perf_counter() - started
             echo(format_status_table(result))
             raise
-        else:
-            run.status = "ok"
-        run.seconds = time.perf_counter() - started
-        echo(f"      {run.status} in {format_seconds(run.seconds)} -> {run.output}")
-        if run.error:
-            echo(f"error: {run.error}")
-            if not keep_going:
-                break
-    return result
+
+
+def _outcome(outcome: Path, returncode: int, run: NotebookRun) -> tuple:
+    """(status, error) of a notebook run in its own process, from the file it wrote when it ended."""
+    try:
+        written = json.loads(outcome.read_text(encoding="utf-8"))
+        return written["status"], written["error"]
+    except (OSError, ValueError, KeyError):
+        return "FAILED", (f"The process running {run.source.name} ended (exit status {returncode}) without saying "
+                          f"how the notebook ended; see the executed copy {run.output} for the last cell that ran "
+                          "(a kill by the system, often for lack of memory, ends it like this).")
 
 
 SERIES_RECORD = "series_run.json"  # written next to the executed notebooks: what ran, how long, how it ended
@@ -422,6 +519,14 @@ def demo_parameters(available: Mapping[str, Path], workspace: Workspace) -> Dict
     for name, values in merged.items():
         if name.startswith("01_"):
             values["MURA_PATH"] = ""  # "" = generate the demo MURA tree into the workspace
+    resumed, trained_last = "04_resume", DEMO_SIDE_BY_SIDE[-1]
+    if resumed in merged and trained_last in merged and merged[resumed].get("RUN") is None:
+        # 04 continues "the newest run" when RUN is None. With 02 and 03 side by side, which of them ends last
+        # is chance; the demo names the run that one after the other leaves newest (03's), so it always
+        # resumes the same one.
+        declared = declared_parameters({trained_last: available[trained_last]})[trained_last]
+        values = {**{key: spec["default"] for key, spec in declared.items()}, **merged[trained_last]}
+        merged[resumed]["RUN"] = run_name(values["BODY_PART"], values["LABEL"], values["CFG"], values["RESOLUTION"])
     return merged
 
 
@@ -446,7 +551,8 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = run_series({name: available[name] for name in chosen}, parameters, output_dir,
                         keep_going=args.keep_going, progress=not args.no_progress,
-                        log_output=_enable_output_logging(args.show_output), echo=_echo)
+                        log_output=_enable_output_logging(args.show_output), echo=_echo,
+                        side_by_side=DEMO_SIDE_BY_SIDE)
     write_series_record(result, output_dir, "demo")
     _echo("\n" + format_status_table(result))
     _echo(f"\nTotal: {format_seconds(time.perf_counter() - started)}.\n")
