@@ -67,7 +67,6 @@ def train_one(workspace: Path, variant: str, kimg: float) -> None:
         config.loss_kwargs.update(loss_changes)
         return config
 
-    loop.make_config = make_variant_config  # the name the loop calls (mura_aug/gan/loop.py imports it)
     settings = RunSettings(label=LABEL, cfg="tiny", resolution=32, kimg=kimg, kimg_per_tick=1, snap=1, seed=0,
                            device="cpu", progress=False, run=f"recipe-{variant}", keep=1, cpu_ok=True,
                            metrics_every=0)
@@ -76,7 +75,11 @@ def train_one(workspace: Path, variant: str, kimg: float) -> None:
         import shutil
 
         shutil.rmtree(run)
-    loop.train(workspace, settings, log=lambda text: None)
+    loop.make_config = make_variant_config  # the name the loop calls (mura_aug/gan/loop.py imports it)
+    try:
+        loop.train(workspace, settings, log=lambda text: None)
+    finally:
+        loop.make_config = original
 
 
 def run_variants(workspace: Path, variants, kimg: float) -> dict:

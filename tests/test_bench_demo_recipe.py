@@ -1,0 +1,31 @@
+"""bench/bench_demo_recipe.py trains each variant with its changes, and only that run."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from gan_datasets import make_dataset
+from mura_aug.gan import configs, loop
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_demo_recipe.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_demo_recipe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("variant, lr, mixing, pl_weight", [("no-mixing-no-pl", 0.0025, 0.0, 0.0),
+                                                            ("lr-x2", 0.005, 0.9, 2.0)])
+def test_a_variant_trains_with_its_changes_and_leaves_the_loop_as_it_was(tmp_path, variant, lr, mixing, pl_weight):
+    bench = _bench()
+    workspace = make_dataset(tmp_path / "ws", res=32)
+    bench.train_one(workspace.root, variant, kimg=0.016)
+    options = json.loads((workspace.experiments / f"recipe-{variant}" / "training_options.json").read_text())
+    config = options.get("config", options)
+    assert config["lr"] == pytest.approx(lr)
+    assert config["loss_kwargs"]["style_mixing_prob"] == mixing and config["loss_kwargs"]["pl_weight"] == pl_weight
+    assert loop.make_config is configs.make_config  # later runs in this process get the committed recipe
