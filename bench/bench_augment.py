@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: its shared helpers
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 from mura_aug.gan.augment import make_augment_pipe  # noqa: E402
 
 CASES = [  # (resolution px, batch images)
@@ -94,7 +96,7 @@ def main(argv=None):
               "returns its input unchanged at no cost."]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    write_keeping_readings(out, "\n".join(lines))  # the readings written by hand under "## " stay
     print(f"wrote {out}")
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: its shared helpers
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 
 from mura_aug import metrics as M  # noqa: E402
 from mura_aug.gan import measure  # noqa: E402
@@ -84,7 +86,7 @@ def main() -> None:
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     out = Path(__file__).resolve().parent / "results" / "metrics.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    write_keeping_readings(out, "\n".join(lines))  # the readings written by hand under "## " stay
     print("\n".join(lines))
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 
 import machine_speed  # noqa: E402  (bench/machine_speed.py)
 
@@ -201,7 +202,7 @@ def write_report(path, results, args, speed_note=""):
                   f"{auto['cpu_per_kimg']:.0f} CPU-s/kimg; NVIDIA's code, same setting: about "
                   f"{NVLABS_AUTO_32_S_PER_KIMG:.0f} s/kimg (issue 3), goal <= {NVLABS_AUTO_32_S_PER_KIMG / 2:.0f}."]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_keeping_readings(path, "\n".join(lines))  # the readings written by hand under "## " stay
     print(f"wrote {path}")
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: its shared helpers
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 
 from machine_speed import cpu_model, cpu_seconds, load_average  # noqa: E402  (bench/machine_speed.py)
 from mura_aug.prepare.demo_data import make_demo_mura  # noqa: E402
@@ -138,7 +140,7 @@ def write_report(rows, args, mura: Path, tree_bytes: int) -> None:
         "",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines))
+    write_keeping_readings(RESULTS, "\n".join(lines))  # the readings written by hand under "## " stay
     print(f"wrote {RESULTS}")
 
 

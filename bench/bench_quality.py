@@ -27,6 +27,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: its shared helpers
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 
 BODY_PART = "XR_SHOULDER"
 RESOLUTION = 32  # px
@@ -154,7 +156,7 @@ def main():
     lines += ["", f"Grids (x{GRID_UPSCALE} nearest): reals `{args.tag}_reals.png`; fakes (G_ema, fixed latents) "
               + ", ".join(f"`{name}` ({k:g} kimg)" for k, name in kept) + "."]
     report = args.out / f"{args.tag}.md"
-    report.write_text("\n".join(lines) + "\n")
+    write_keeping_readings(report, "\n".join(lines))  # the readings written by hand under "## " stay
     print(f"wrote {report}")
 
 

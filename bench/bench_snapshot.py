@@ -33,6 +33,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: its shared helpers
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 
 from mura_aug.gan import loop  # noqa: E402
 from mura_aug.gan import snapshot as snap  # noqa: E402
@@ -149,7 +151,7 @@ def main() -> None:
               "passes of each state, once per snapshot.", "", "Raw: " + json.dumps(rows), ""]
     out = REPO / "bench" / "results" / "snapshot.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    write_keeping_readings(out, "\n".join(lines))  # the readings written by hand under "## " stay
     print(out)
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: its shared helpers
+from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
 
 # (batch, channels, height, width): auto-32's layers first, then the threshold region
 SHAPES = [(4, 512, 32, 32), (4, 512, 16, 16), (2, 512, 32, 32), (4, 512, 8, 8),
@@ -114,7 +116,7 @@ def main():
     lines += ["", f"Thresholds in mura_aug/gan/winograd.py: at least {winograd.MIN_CHANNELS} channels and "
               f"{winograd.MIN_PIXELS} output pixels per image."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_keeping_readings(args.out, "\n".join(lines))  # the readings written by hand under "## " stay
     print(f"wrote {args.out}")
 
 
