@@ -386,3 +386,37 @@ def test_the_demo_resumes_the_run_that_one_after_the_other_leaves_newest(tmp_pat
     trained = parameters["03_train_negative"]
     assert parameters["04_resume"]["RUN"] == f"{trained['BODY_PART']}-negative-{trained['CFG']}-{trained['RESOLUTION']}"
     assert set(series.DEMO_SIDE_BY_SIDE) == {"02_train_positive", "03_train_negative"}
+
+
+CTRL_C_DRIVER = '''import sys
+from mura_aug.notebooks import series
+notebooks = series.find_notebooks(sys.argv[1])
+parameters = {{name: {{"WORKSPACE": sys.argv[2], "PAUSE_S": 60}} for name in notebooks}}
+try:
+    series.run_series(notebooks, parameters, sys.argv[3], progress=False, side_by_side=("01_first", "02_second"))
+except KeyboardInterrupt:
+    sys.exit(130)
+'''
+
+
+def test_ctrl_c_side_by_side_keeps_both_executed_copies_and_leaves_nothing_running(timed_series, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-c", CTRL_C_DRIVER.format(), str(timed_series), str(tmp_path),
+                               str(out)], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 60
+    while len(list(out.glob(".*.running.ipynb"))) < 2 and time.time() < deadline:  # both notebooks under way
+        time.sleep(0.2)
+    time.sleep(3)  # inside the cell that waits
+    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    printed, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 130, printed
+    table = printed[printed.index("notebook  "):]
+    assert "01_first" in table and "interrupted" in table.split("01_first", 1)[1].splitlines()[0]
+    assert sorted(p.name for p in out.iterdir()) == ["01_first.ipynb", "02_second.ipynb"]  # no scratch, no .running
+    assert not (tmp_path / "timed_03_third.json").exists()
