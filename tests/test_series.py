@@ -399,7 +399,8 @@ except KeyboardInterrupt:
 '''
 
 
-def test_ctrl_c_side_by_side_keeps_both_executed_copies_and_leaves_nothing_running(timed_series, tmp_path):
+@pytest.mark.parametrize("whole_group", [True, False], ids=["terminal-ctrl-c", "this-process-only"])
+def test_ctrl_c_side_by_side_keeps_both_executed_copies_and_stops_the_series(timed_series, tmp_path, whole_group):
     import signal
     import subprocess
     import sys
@@ -413,7 +414,10 @@ def test_ctrl_c_side_by_side_keeps_both_executed_copies_and_leaves_nothing_runni
     while len(list(out.glob(".*.running.ipynb"))) < 2 and time.time() < deadline:  # both notebooks under way
         time.sleep(0.2)
     time.sleep(3)  # inside the cell that waits
-    os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    if whole_group:
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    else:
+        os.kill(driver.pid, signal.SIGINT)  # Jupyter's "interrupt kernel" where run_series runs in a notebook
     printed, _ = driver.communicate(timeout=60)
     assert driver.returncode == 130, printed
     table = printed[printed.index("notebook  "):]

@@ -10,6 +10,7 @@ process is started with (e.g. OMP_NUM_THREADS) reaches the notebook's kernel unc
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -35,4 +36,8 @@ def run_task(task_file: Path) -> int:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
+    # The series runner stops a notebook with SIGTERM when Ctrl-C did not reach this process: the same
+    # orderly stop as Ctrl-C (the executed copy is saved, the kernel shut down, the training's final snapshot
+    # written), not an abrupt end that would leave the kernel running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(run_task(Path(sys.argv[1])))

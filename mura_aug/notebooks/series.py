@@ -332,8 +332,12 @@ def _run_side_by_side(runs: List[NotebookRun], output_dir: Path, log_output: boo
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"Cannot create the folder {output_dir} for the executed notebooks: {exc.strerror}.",
-                        "Choose an output folder you can write to.") from exc
+        for run in runs:
+            run.status, run.error = "FAILED", str(UserError(
+                f"Cannot create the folder {output_dir} for the executed notebooks: {exc.strerror}.",
+                "Choose an output folder you can write to."))
+            _echo_end(run, echo)
+        return
     with tempfile.TemporaryDirectory(prefix=".side_by_side-", dir=output_dir) as scratch:
         started = time.perf_counter()
         running = {}
@@ -356,15 +360,29 @@ def _run_side_by_side(runs: List[NotebookRun], output_dir: Path, log_output: boo
                     del running[name]
                 time.sleep(0.2)
         except KeyboardInterrupt:
-            # The terminal's Ctrl-C reached the children too; give them a moment to save the executed copies.
             for run, process, _ in running.values():
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+                _stop(process)
                 run.status, run.seconds = "interrupted", time.perf_counter() - started
             echo(format_status_table(result))
             raise
+
+
+def _stop(process) -> None:
+    """End a notebook's process after Ctrl-C so that it still saves its executed copy and shuts its kernel down.
+
+    A terminal's Ctrl-C reaches the whole process group, the children included: they stop by themselves. An
+    interrupt of this process alone (Jupyter's "interrupt kernel" where run_series runs in a notebook) does
+    not, so after a moment they get SIGTERM, which own_process turns into the same orderly stop."""
+    import subprocess
+
+    for ask, patience_s in ((None, 10), (process.terminate, 20), (process.kill, 5)):  # seconds to wait
+        if ask is not None:
+            ask()
+        try:
+            process.wait(timeout=patience_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _outcome(outcome: Path, returncode: int, run: NotebookRun) -> tuple:
