@@ -1,5 +1,4 @@
 """bench/bench_demo.py's picture of reals beside fakes finds a run's files through the package's layout."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -7,14 +6,11 @@ from PIL import Image
 
 from mura_aug.workspace import Workspace
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_demo.py"
+from bench_scripts import load_bench_script
 
 
 def _bench_demo():
-    spec = importlib.util.spec_from_file_location("bench_demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("bench_demo")
 
 
 def _grey(path: Path, level: int, px: int = 16) -> None:

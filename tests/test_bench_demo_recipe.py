@@ -1,21 +1,15 @@
 """bench/bench_demo_recipe.py trains each variant with its changes, and only that run."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from bench_scripts import load_bench_script
 from gan_datasets import make_dataset
 from mura_aug.gan import configs, loop
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_demo_recipe.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_demo_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("bench_demo_recipe")
 
 
 @pytest.mark.parametrize("variant, lr, mixing, pl_weight", [("no-mixing-no-pl", 0.0025, 0.0, 0.0),

@@ -1,16 +1,10 @@
 """bench/results_file.py: a bench script's rerun replaces its measured table and keeps the readings written by
 hand under "## " headings, once, between the table and what the script writes below them."""
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from bench_scripts import load_bench_script
 
 
 def _results_file():
-    spec = importlib.util.spec_from_file_location("results_file", BENCH / "results_file.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("results_file")
 
 
 def test_a_rerun_replaces_the_table_and_keeps_the_readings_once(tmp_path):

@@ -289,13 +289,9 @@ def test_half_scale_rehearsal_end_to_end(tmp_path):
 
 
 def _bench_scale():
-    import importlib.util
+    from bench_scripts import load_bench_script
 
-    spec = importlib.util.spec_from_file_location("bench_scale", Path(__file__).parent.parent / "bench" /
-                                                  "bench_scale.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_bench_script("bench_scale")
 
 
 def test_rewriting_scale_results_keeps_the_hand_written_sections(tmp_path, monkeypatch):
