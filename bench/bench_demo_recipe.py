@@ -33,6 +33,8 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 from results_file import write_keeping_readings  # noqa: E402  (bench/results_file.py)
+from mura_aug.notebooks.series import SIDE_BY_SIDE_THREADS  # noqa: E402  (the demo's threads per notebook)
+from mura_aug.workspace import Workspace  # noqa: E402
 
 VARIANTS = {  # name -> (make_config keyword arguments, loss_kwargs changes)
     "tiny": ({}, {}),
@@ -43,6 +45,11 @@ VARIANTS = {  # name -> (make_config keyword arguments, loss_kwargs changes)
 LABEL = "positive"
 FAKES_SHOWN = 8  # fakes per grid row in the picture
 ENLARGE = 3  # nearest-neighbour factor: 32 px fakes are too small to judge
+
+
+def run_of(variant: str) -> str:
+    """The run folder name of a variant's training."""
+    return f"recipe-{variant}"
 
 
 def demo_data(workdir: Path) -> Path:
@@ -68,9 +75,9 @@ def train_one(workspace: Path, variant: str, kimg: float) -> None:
         return config
 
     settings = RunSettings(label=LABEL, cfg="tiny", resolution=32, kimg=kimg, kimg_per_tick=1, snap=1, seed=0,
-                           device="cpu", progress=False, run=f"recipe-{variant}", keep=1, cpu_ok=True,
+                           device="cpu", progress=False, run=run_of(variant), keep=1, cpu_ok=True,
                            metrics_every=0)
-    run = workspace / "data" / "experiments" / settings.run
+    run = Workspace(workspace).run(settings.run).path
     if run.exists():  # a fresh run each time: resuming would not measure anything
         import shutil
 
@@ -83,8 +90,9 @@ def train_one(workspace: Path, variant: str, kimg: float) -> None:
 
 
 def run_variants(workspace: Path, variants, kimg: float) -> dict:
-    """Two at a time, each in its own process with one CPU thread; returns name -> wall seconds."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    """Two at a time, each in its own process with the demo's CPU threads; returns name -> wall seconds."""
+    threads = str(SIDE_BY_SIDE_THREADS)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     seconds = {}
     for start in range(0, len(variants), 2):
         pair = variants[start:start + 2]
@@ -108,15 +116,15 @@ def picture(workspace: Path, variants, grids_at, out: Path) -> Path:
 
     from mura_aug.gan.snapshot import list_snapshots
 
-    experiments = workspace / "data" / "experiments"
+    experiments = Workspace(workspace).experiments
     side = 32 * ENLARGE
     label_width = 200
     rows = []  # (label, image of FAKES_SHOWN tiles)
-    first_run = experiments / f"recipe-{variants[0]}"
+    first_run = experiments / run_of(variants[0])
     with Image.open(first_run / "reals.png") as reals:
         rows.append(("reals", reals.convert("L").crop((0, 0, 32 * FAKES_SHOWN, 32))))
     for name in variants:
-        snapshots = {round(info.kimg): info for info in list_snapshots(experiments / f"recipe-{name}")
+        snapshots = {round(info.kimg): info for info in list_snapshots(experiments / run_of(name))
                      if info.fakes_path is not None}
         for wanted in grids_at:
             info = snapshots.get(round(wanted))
@@ -137,16 +145,16 @@ def picture(workspace: Path, variants, grids_at, out: Path) -> Path:
 def report(workspace: Path, variants, seconds: dict, kimg: float, argv) -> str:
     import torch
 
-    experiments = workspace / "data" / "experiments"
+    experiments = Workspace(workspace).experiments
     lines = ["# Which recipe shows the demo anatomy soonest (tiny config and variants, demo data, CPU)", "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()}-core CPU, torch "
-             f"{torch.__version__}; two variants at a time side by side, 1 CPU thread each (as the demo's 02 / 03).",
+             f"{torch.__version__}; two variants at a time side by side, {SIDE_BY_SIDE_THREADS} CPU thread(s) each (as the demo's 02 / 03).",
              "- Command: `python bench/bench_demo_recipe.py " + " ".join(argv) + "`",
              f"- Data: the demo's (notebook 01 with demo_params.yaml), class {LABEL}; seed 0; {kimg:g} kimg each.",
              "", "| variant | wall s (pair) | s/kimg (loop, last 3 ticks) | ADA p at the end | loss G | loss D |",
              "|---|---|---|---|---|---|"]
     for name in variants:
-        stats = stats_of(experiments / f"recipe-{name}")
+        stats = stats_of(experiments / run_of(name))
         last = stats[-1]
         rate = sorted(entry.get("sec_per_kimg") or 0.0 for entry in stats[-3:])[len(stats[-3:]) // 2]
         lines.append(f"| {name} | {seconds[name]:.0f} | {rate:.1f} | {last.get('augment_p', 0.0):.3f} | "

@@ -18,7 +18,7 @@ def test_a_variant_trains_with_its_changes_and_leaves_the_loop_as_it_was(tmp_pat
     bench = _bench()
     workspace = make_dataset(tmp_path / "ws", res=32)
     bench.train_one(workspace.root, variant, kimg=0.016)
-    options = json.loads((workspace.experiments / f"recipe-{variant}" / "training_options.json").read_text())
+    options = json.loads((workspace.experiments / bench.run_of(variant) / "training_options.json").read_text())
     config = options.get("config", options)
     assert config["lr"] == pytest.approx(lr)
     assert config["loss_kwargs"]["style_mixing_prob"] == mixing and config["loss_kwargs"]["pl_weight"] == pl_weight

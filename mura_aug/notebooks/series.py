@@ -27,6 +27,9 @@ import argparse
 import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -317,10 +320,6 @@ def _echo_end(run: NotebookRun, echo) -> None:
 def _run_side_by_side(runs: List[NotebookRun], output_dir: Path, log_output: bool, cwd, echo,
                       result: SeriesResult) -> None:
     """Start each of `runs` in its own process (mura_aug.notebooks.own_process) and wait for all of them."""
-    import subprocess
-    import sys
-    import tempfile
-
     threads = str(SIDE_BY_SIDE_THREADS)
     # OMP_NUM_THREADS sets torch's CPU threads in the kernel: one per notebook, so that two notebooks share
     # two cores instead of fighting over them (oversubscribed, torch's threads slow down many times over).
@@ -373,8 +372,6 @@ def _stop(process) -> None:
     A terminal's Ctrl-C reaches the whole process group, the children included: they stop by themselves. An
     interrupt of this process alone (Jupyter's "interrupt kernel" where run_series runs in a notebook) does
     not, so after a moment they get SIGTERM, which own_process turns into the same orderly stop."""
-    import subprocess
-
     for ask, patience_s in ((None, 10), (process.terminate, 20), (process.kill, 5)):  # seconds to wait
         if ask is not None:
             ask()
