@@ -373,6 +373,21 @@ def test_a_failure_side_by_side_lets_the_other_finish_and_stops_the_series(timed
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["01_first.ipynb", "02_second.ipynb"]
 
 
+@pytest.mark.parametrize("side_by_side", [("01_first", "02_second"), ()], ids=["side-by-side", "one-by-one"])
+def test_an_output_folder_that_cannot_be_made_fails_with_the_same_message_either_way(timed_series, tmp_path,
+                                                                                      side_by_side):
+    notebooks = series.find_notebooks(timed_series)
+    parameters = {name: {"WORKSPACE": str(tmp_path)} for name in notebooks}
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    result = series.run_series(notebooks, parameters, tmp_path / "taken" / "out", progress=False,
+                               echo=lambda text: None, side_by_side=side_by_side)
+    assert result.runs[0].status == "FAILED" and result.runs[-1].status == "not run"
+    assert f"Cannot create the folder {tmp_path / 'taken' / 'out'} for the executed notebooks" in result.runs[0].error
+    assert "Choose an output folder you can write to." in result.runs[0].error
+    assert not list(tmp_path.glob("timed_*.json"))  # nothing ran
+    assert (tmp_path / "taken").read_text() == "a file where the output folder should go"
+
+
 def test_a_process_that_ends_without_its_outcome_is_a_failure_that_names_the_executed_copy(tmp_path):
     run = series.NotebookRun("02_x", tmp_path / "02_x.ipynb", tmp_path / "out" / "02_x.ipynb", {})
     status, error = series._outcome(tmp_path / "never_written.json", -9, run)

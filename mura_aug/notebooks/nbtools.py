@@ -123,6 +123,15 @@ def _kernel_transport() -> dict:
     return {"kernel_manager_class": "mura_aug.notebooks.ipc_kernel.IpcKernelManager"}
 
 
+def make_output_folder(folder: Path) -> None:
+    """Create the folder executed notebooks go to; UserError naming it when that is not possible."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot create the folder {folder} for the executed notebooks: {exc.strerror}.",
+                        "Choose an output folder you can write to.") from exc
+
+
 def execute_notebook(source: Union[str, os.PathLike], output: Union[str, os.PathLike],
                      parameters: Optional[dict] = None, cwd: Optional[Union[str, os.PathLike]] = None,
                      timeout_s: Optional[int] = None, progress: bool = False, log_output: bool = False) -> Path:
@@ -137,11 +146,7 @@ def execute_notebook(source: Union[str, os.PathLike], output: Union[str, os.Path
     import papermill as pm
 
     output = Path(output)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"Cannot create the folder {output.parent} for the executed notebook: {exc.strerror}.",
-                        "Choose an output folder you can write to.") from exc
+    make_output_folder(output.parent)
     partial = output.with_name(f".{output.stem}.running{output.suffix}")
     try:
         with _kernel_imports_this_package():

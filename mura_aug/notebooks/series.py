@@ -329,12 +329,10 @@ def _run_side_by_side(runs: List[NotebookRun], output_dir: Path, log_output: boo
     echo(f"      {names} run side by side, {threads} CPU thread(s) each" if len(runs) > 1 else
          f"      {names} runs in its own process, {threads} CPU thread(s)")
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+        nbtools.make_output_folder(output_dir)
+    except UserError as exc:
         for run in runs:
-            run.status, run.error = "FAILED", str(UserError(
-                f"Cannot create the folder {output_dir} for the executed notebooks: {exc.strerror}.",
-                "Choose an output folder you can write to."))
+            run.status, run.error = "FAILED", str(exc)
             _echo_end(run, echo)
         return
     with tempfile.TemporaryDirectory(prefix=".side_by_side-", dir=output_dir) as scratch:
