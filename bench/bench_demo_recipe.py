@@ -1,20 +1,26 @@
 """Which training recipe shows the demo anatomy soonest: the `tiny` config and a few variants, on the demo's data.
 
-    python bench/bench_demo_recipe.py [--kimg 14] [--grids-at 10,14] [--variants tiny,no-mixing-no-pl,lr-x2,batch-32]
-                                      [--workdir /tmp/mura_aug_demo_recipe] [--out bench/results]
+    python bench/bench_demo_recipe.py [--kimg 14] [--grids-at 10,14] [--variants tiny,tiny-before,lr-x2,batch-32]
+                                      [--seed 0] [--label positive] [--workdir /tmp/mura_aug_demo_recipe]
+                                      [--out bench/results]
 
 1. Makes the demo's own data: `python -m mura_aug demo --only 01` (demo_params.yaml: 40 patients, 32 px).
-2. Trains the positive class once per variant, for --kimg, two variants at a time side by side with one CPU
-   thread each (as the demo runs notebooks 02 and 03), seed 0, ticks of 1 kimg.
+2. Trains one class (--label, positive unless told) once per variant, for --kimg, two variants at a time side by
+   side with one CPU thread each (as the demo runs notebooks 02 and 03), with --seed (0), ticks of 1 kimg.
 3. Writes demo_recipe.md (s/kimg of each variant, ADA's p, the losses) and demo_recipe.png: per variant the
    first 8 fakes of the grid at each kimg of --grids-at, enlarged, under the reals. Which recipe shows the
    anatomy is judged by eye and written by hand under "## " headings (kept on a rerun).
 
-Variants (what differs from `tiny` as committed in mura_aug/gan/configs.py):
-  tiny              as committed (R1, path length, style mixing 0.9, lr 0.0025, batch 8)
+Variants: `tiny` as committed in mura_aug/gan/configs.py (lr 0.005, R1 2.56 since 2026-12-03), and changes to
+the recipe before that, `tiny-before` (R1, path length, style mixing 0.9, lr 0.0025, R1 weight 0.08, batch 8):
   no-mixing-no-pl   style mixing and path-length regularisation off, as NVlabs' `cifar` config
   lr-x2             learning rate 0.005
   batch-32          32 images per step (the R1 weight stays the config's, set from its batch of 8)
+  gamma-x4          R1 weight 0.32; -x8: 0.64, -x16: 1.28, -x32: 2.56
+  mapping-lr-0.1    the mapping network's learning-rate multiplier 0.1 (NVlabs: 0.01)
+  noaug             no augmentation (ADA off)
+  lr-xN-falling     the rate starts at N x and falls linearly to the config's by 12 kimg
+and the combinations their names spell (lr-x2-gamma-x32 is the committed recipe).
 The variants are applied by wrapping the loop's make_config, so that nothing users see grows an option for it.
 """
 from __future__ import annotations
@@ -36,20 +42,41 @@ from results_file import write_keeping_readings  # noqa: E402  (bench/results_fi
 from mura_aug.notebooks.series import SIDE_BY_SIDE_THREADS  # noqa: E402  (the demo's threads per notebook)
 from mura_aug.workspace import Workspace  # noqa: E402
 
-VARIANTS = {  # name -> (make_config keyword arguments, loss_kwargs changes)
-    "tiny": ({}, {}),
-    "no-mixing-no-pl": ({}, {"style_mixing_prob": 0.0, "pl_weight": 0.0}),
-    "lr-x2": ({"lr": 0.005}, {}),
-    "batch-32": ({"batch": 32}, {}),
+# name -> (make_config keyword arguments, loss_kwargs changes, G mapping_kwargs changes, learning-rate schedule:
+# None, or (factor at the start, kimg at which it has fallen linearly to the config's rate))
+RECIPE_BEFORE = {"lr": 0.0025, "gamma": 0.08}  # the tiny recipe until 2026-12-03; the variants change it
+
+
+def _before(**changes) -> dict:
+    return {**RECIPE_BEFORE, **changes}
+
+
+VARIANTS = {
+    "tiny": ({}, {}, {}, None),
+    "tiny-before": (_before(), {}, {}, None),
+    "no-mixing-no-pl": (_before(), {"style_mixing_prob": 0.0, "pl_weight": 0.0}, {}, None),
+    "lr-x2": (_before(lr=0.005), {}, {}, None),
+    "batch-32": (_before(batch=32), {}, {}, None),
+    "gamma-x4": (_before(gamma=0.32), {}, {}, None),
+    "lr-x2-gamma-x4": (_before(lr=0.005, gamma=0.32), {}, {}, None),
+    "mapping-lr-0.1": (_before(), {}, {"lr_multiplier": 0.1}, None),
+    "noaug": (_before(aug="noaug"), {}, {}, None),
+    "lr-x2-falling": (_before(), {}, {}, (2.0, 12.0)),
+    "lr-x3-falling": (_before(), {}, {}, (3.0, 12.0)),
+    "lr-x2-falling-gamma-x4": (_before(gamma=0.32), {}, {}, (2.0, 12.0)),
+    "lr-x3-falling-gamma-x4": (_before(gamma=0.32), {}, {}, (3.0, 12.0)),
+    "lr-x2-gamma-x8": (_before(lr=0.005, gamma=0.64), {}, {}, None),
+    "lr-x2-gamma-x16": (_before(lr=0.005, gamma=1.28), {}, {}, None),
+    "lr-x2-gamma-x32": (_before(lr=0.005, gamma=2.56), {}, {}, None),
 }
-LABEL = "positive"
+LABELS = ("positive", "negative")  # the demo trains one GAN per class
 FAKES_SHOWN = 8  # fakes per grid row in the picture
 ENLARGE = 3  # nearest-neighbour factor: 32 px fakes are too small to judge
 
 
-def run_of(variant: str) -> str:
-    """The run folder name of a variant's training."""
-    return f"recipe-{variant}"
+def run_of(variant: str, seed: int, label: str) -> str:
+    """The run folder name of a variant's training of one class with one seed."""
+    return f"recipe-{variant}-{label}-seed{seed}"
 
 
 def demo_data(workdir: Path) -> Path:
@@ -61,21 +88,23 @@ def demo_data(workdir: Path) -> Path:
     return workspace
 
 
-def train_one(workspace: Path, variant: str, kimg: float) -> None:
+def train_one(workspace: Path, variant: str, kimg: float, seed: int, label: str) -> None:
     """Train one variant in this process (the process's OMP_NUM_THREADS sets its threads)."""
     from mura_aug.gan import configs, loop
     from mura_aug.gan.settings import RunSettings
 
-    config_changes, loss_changes = VARIANTS[variant]
+    config_changes, loss_changes, mapping_changes, schedule = VARIANTS[variant]
     original = configs.make_config
+    original_adam = loop._adam
 
     def make_variant_config(*args, **kwargs):
         config = original(*args, **{**kwargs, **config_changes})
         config.loss_kwargs.update(loss_changes)
+        config.G_kwargs["mapping_kwargs"].update(mapping_changes)
         return config
 
-    settings = RunSettings(label=LABEL, cfg="tiny", resolution=32, kimg=kimg, kimg_per_tick=1, snap=1, seed=0,
-                           device="cpu", progress=False, run=run_of(variant), keep=1, cpu_ok=True,
+    settings = RunSettings(label=label, cfg="tiny", resolution=32, kimg=kimg, kimg_per_tick=1, snap=1, seed=seed,
+                           device="cpu", progress=False, run=run_of(variant, seed, label), keep=1, cpu_ok=True,
                            metrics_every=0)
     run = Workspace(workspace).run(settings.run).path
     if run.exists():  # a fresh run each time: resuming would not measure anything
@@ -83,13 +112,43 @@ def train_one(workspace: Path, variant: str, kimg: float) -> None:
 
         shutil.rmtree(run)
     loop.make_config = make_variant_config  # the name the loop calls (mura_aug/gan/loop.py imports it)
+    if schedule is not None:
+        variant_config = make_variant_config("tiny", 32)
+        loop._adam = scheduled_adam(original_adam, *schedule, batch=variant_config.batch_size,
+                                    base_lr=variant_config.lr)
     try:
         loop.train(workspace, settings, log=lambda text: None)
     finally:
-        loop.make_config = original
+        loop.make_config, loop._adam = original, original_adam
 
 
-def run_variants(workspace: Path, variants, kimg: float) -> dict:
+def scheduled_adam(make_adam, start_factor: float, until_kimg: float, batch: int, base_lr: float):
+    """loop._adam whose optimisers start at `start_factor` x their rate and fall linearly to it by `until_kimg`.
+
+    Counted in optimiser steps: a lazily regularised optimiser steps interval + 1 times per interval images
+    batches, which its rate's adjustment (lr x interval / (interval + 1)) tells. Fresh runs only (the count
+    starts at 0)."""
+    def make(params, kwargs):
+        optimizer = make_adam(params, kwargs)
+        steps_per_image_batch = base_lr / float(kwargs["lr"])  # (interval + 1) / interval
+        steps_until = until_kimg * 1000 / batch * steps_per_image_batch
+        committed = [group["lr"] for group in optimizer.param_groups]
+        step = optimizer.step
+        taken = [0]
+
+        def scheduled_step(*args, **kwargs):
+            factor = 1 + (start_factor - 1) * max(0.0, 1 - taken[0] / steps_until)
+            for group, rate in zip(optimizer.param_groups, committed):
+                group["lr"] = rate * factor
+            taken[0] += 1
+            return step(*args, **kwargs)
+
+        optimizer.step = scheduled_step
+        return optimizer
+    return make
+
+
+def run_variants(workspace: Path, variants, kimg: float, seed: int, label: str) -> dict:
     """Two at a time, each in its own process with the demo's CPU threads; returns name -> wall seconds."""
     threads = str(SIDE_BY_SIDE_THREADS)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
@@ -98,7 +157,8 @@ def run_variants(workspace: Path, variants, kimg: float) -> dict:
         pair = variants[start:start + 2]
         began = time.perf_counter()
         processes = {name: subprocess.Popen([sys.executable, __file__, "--train-one", name, "--kimg", str(kimg),
-                                             "--workspace", str(workspace)], env=env) for name in pair}
+                                             "--seed", str(seed), "--label", label, "--workspace", str(workspace)],
+                                            env=env) for name in pair}
         for name, process in processes.items():
             if process.wait() != 0:
                 raise SystemExit(f"variant {name} failed (exit status {process.returncode})")
@@ -111,7 +171,7 @@ def stats_of(run: Path) -> list:
     return [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines() if line.strip()]
 
 
-def picture(workspace: Path, variants, grids_at, out: Path) -> Path:
+def picture(workspace: Path, variants, grids_at, seed: int, label: str, out: Path) -> Path:
     from PIL import Image, ImageDraw
 
     from mura_aug.gan.snapshot import list_snapshots
@@ -120,11 +180,11 @@ def picture(workspace: Path, variants, grids_at, out: Path) -> Path:
     side = 32 * ENLARGE
     label_width = 200
     rows = []  # (label, image of FAKES_SHOWN tiles)
-    first_run = experiments / run_of(variants[0])
+    first_run = experiments / run_of(variants[0], seed, label)
     with Image.open(first_run / "reals.png") as reals:
         rows.append(("reals", reals.convert("L").crop((0, 0, 32 * FAKES_SHOWN, 32))))
     for name in variants:
-        snapshots = {round(info.kimg): info for info in list_snapshots(experiments / run_of(name))
+        snapshots = {round(info.kimg): info for info in list_snapshots(experiments / run_of(name, seed, label))
                      if info.fakes_path is not None}
         for wanted in grids_at:
             info = snapshots.get(round(wanted))
@@ -142,19 +202,20 @@ def picture(workspace: Path, variants, grids_at, out: Path) -> Path:
     return out
 
 
-def report(workspace: Path, variants, seconds: dict, kimg: float, argv) -> str:
+def report(workspace: Path, variants, seconds: dict, kimg: float, seed: int, label: str, argv) -> str:
     import torch
 
     experiments = Workspace(workspace).experiments
     lines = ["# Which recipe shows the demo anatomy soonest (tiny config and variants, demo data, CPU)", "",
              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {os.cpu_count()}-core CPU, torch "
-             f"{torch.__version__}; two variants at a time side by side, {SIDE_BY_SIDE_THREADS} CPU thread(s) each (as the demo's 02 / 03).",
+             f"{torch.__version__}; two variants at a time side by side, {SIDE_BY_SIDE_THREADS} CPU thread(s) each "
+             "(as the demo's 02 / 03).",
              "- Command: `python bench/bench_demo_recipe.py " + " ".join(argv) + "`",
-             f"- Data: the demo's (notebook 01 with demo_params.yaml), class {LABEL}; seed 0; {kimg:g} kimg each.",
+             f"- Data: the demo's (notebook 01 with demo_params.yaml), class {label}; seed {seed}; {kimg:g} kimg each.",
              "", "| variant | wall s (pair) | s/kimg (loop, last 3 ticks) | ADA p at the end | loss G | loss D |",
              "|---|---|---|---|---|---|"]
     for name in variants:
-        stats = stats_of(experiments / run_of(name))
+        stats = stats_of(experiments / run_of(name, seed, label))
         last = stats[-1]
         rate = sorted(entry.get("sec_per_kimg") or 0.0 for entry in stats[-3:])[len(stats[-3:]) // 2]
         lines.append(f"| {name} | {seconds[name]:.0f} | {rate:.1f} | {last.get('augment_p', 0.0):.3f} | "
@@ -167,6 +228,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kimg", type=float, default=14, help="training length of each variant (kimg)")
     parser.add_argument("--grids-at", default="10,14", help="kimg of the fakes grids shown (comma-separated)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every variant")
+    parser.add_argument("--label", choices=LABELS, default="positive", help="the class trained")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mura_aug_demo_recipe"))
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
@@ -174,17 +237,18 @@ def main() -> int:
     parser.add_argument("--workspace", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.train_one:
-        train_one(args.workspace, args.train_one, args.kimg)
+        train_one(args.workspace, args.train_one, args.kimg, args.seed, args.label)
         return 0
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = [name for name in variants if name not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     workspace = demo_data(args.workdir)
-    seconds = run_variants(workspace, variants, args.kimg)
+    seconds = run_variants(workspace, variants, args.kimg, args.seed, args.label)
     args.out.mkdir(parents=True, exist_ok=True)
-    picture(workspace, variants, [float(k) for k in args.grids_at.split(",")], args.out / "demo_recipe.png")
-    text = report(workspace, variants, seconds, args.kimg, sys.argv[1:])
+    picture(workspace, variants, [float(k) for k in args.grids_at.split(",")], args.seed, args.label,
+            args.out / "demo_recipe.png")
+    text = report(workspace, variants, seconds, args.kimg, args.seed, args.label, sys.argv[1:])
     write_keeping_readings(args.out / "demo_recipe.md", text)  # the readings written by hand under "## " stay
     print(text)
     return 0

@@ -105,7 +105,9 @@ def test_tiny_is_small_and_builds_real_networks():
     assert config.G_kwargs["z_dim"] == config.G_kwargs["w_dim"] == 64
     assert config.G_kwargs["mapping_kwargs"]["num_layers"] == 2
     assert config.batch_size == 8 and config.ema_rampup is not None and config.ema_kimg <= 2
-    assert config.loss_kwargs["r1_gamma"] < 0.1
+    # The R1 weight has the shape of NVlabs' heuristic: proportional to resolution^2 / batch.
+    assert make_config("tiny", 64).loss_kwargs["r1_gamma"] == pytest.approx(4 * config.loss_kwargs["r1_gamma"])
+    assert make_config("tiny", 32, batch=16).loss_kwargs["r1_gamma"] == pytest.approx(config.loss_kwargs["r1_gamma"])
     G = networks.Generator(**config.G_kwargs)
     D = networks.Discriminator(**config.D_kwargs)
     assert sum(p.numel() for p in G.parameters()) < 150_000

@@ -43,17 +43,21 @@ TINY = dict(
     channel_max=32,         #   16 at 64 px -> about 9k weights per 3x3 conv (auto: 2.4M)
     batch=8,                # images per step; mbstd groups of 4 still see 2 groups
     mbstd=4,
-    lrate=0.0025,           # NVlabs' rate for small resolutions; small nets tolerate it well
+    lrate=0.005,            # 2x NVlabs' rate for small resolutions: with 0.0025 a 14-kimg demo run showed only
+                            #   blobs or bars (bench/results/demo_recipe.md); small nets tolerate the larger step
     ema_kimg=1.0,           # G_ema half-life: a demo run lasts ~5-30 kimg, so NVlabs' 10 kimg would lag behind
     ema_rampup=0.05,        # and during the first 20 kimg the half-life is 5% of the images seen (NVlabs' auto)
     ada_kimg=20,            # p may go 0 -> 1 in 20 kimg: a 500-kimg speed would barely move p in a demo run,
                             #   while ~100 demo images make D overfit within a few kimg
-    gamma_coef=0.000625,    # R1 weight = gamma_coef * resolution^2 / batch (px^-2): 0.08 at 32 px, batch 8
+    gamma_coef=0.02,        # R1 weight = gamma_coef * resolution^2 / batch (px^-2): 2.56 at 32 px, batch 8
 )
-# The R1 weight has the shape of NVlabs' auto heuristic (0.0002 * resolution^2 / batch) with a ~3x larger
+# The R1 weight has the shape of NVlabs' auto heuristic (0.0002 * resolution^2 / batch) with a 100x larger
 # coefficient. With the heuristic's 0.0256 at 32 px, a 30-kimg CPU run on the 114 positive demo images
 # turned grainy once ADA's p fell again (20-30 kimg); with 0.08 (same seed, same data) the fakes stayed
-# smooth and the shaft, joint head and crossing plate were clearer (bench/results/quality_tiny32.md).
+# smooth (bench/results/quality_tiny32.md). The doubled learning rate needs a still stronger R1: at lr 0.005
+# and 14 kimg (the demo's length) R1 0.32 and 0.64 left speckle on the fakes, 1.28 and 2.56 gave smooth
+# fakes with the shaft, the head and the plate across the top, 2.56 the clearest
+# (bench/results/demo_recipe.md).
 
 
 @dataclasses.dataclass
