@@ -180,7 +180,8 @@ def test_resume_from_an_nvlabs_pickle_without_G_continues_from_G_ema(tmp_path):
     assert any(m.startswith("warning:") and "no G;" in m for m in messages)
     state = snap.load_state(snap.list_snapshots(run_dir)[-1].state_path)
     assert state["progress"]["cur_nimg"] == 120_004
-    # One Adam step (each weight moves by about the config's learning rate) away from the pickle's G_ema, nowhere near its (absent) G.
+    # One Adam step (each weight moves by about the config's learning rate) away from the pickle's G_ema,
+    # nowhere near its (absent) G.
     for name in ("mapping.fc0.weight", "synthesis.b32.conv1.weight"):
         start = nets["G_ema"].state_dict()[name]
         assert (state["G"][name] - start).abs().max() < 0.01, name
