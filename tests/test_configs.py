@@ -105,7 +105,8 @@ def test_tiny_is_small_and_builds_real_networks():
     assert config.G_kwargs["z_dim"] == config.G_kwargs["w_dim"] == 64
     assert config.G_kwargs["mapping_kwargs"]["num_layers"] == 2
     assert config.batch_size == 8 and config.ema_rampup is not None and config.ema_kimg <= 2
-    # The R1 weight has the shape of NVlabs' heuristic: proportional to resolution^2 / batch.
+    # The R1 weight has the shape of NVlabs' heuristic, resolution^2 / batch, with the config's own batch: a batch
+    # override (the recipe bench's batch-32) keeps the weight of the config's batch of 8.
     assert make_config("tiny", 64).loss_kwargs["r1_gamma"] == pytest.approx(4 * config.loss_kwargs["r1_gamma"])
     assert make_config("tiny", 32, batch=16).loss_kwargs["r1_gamma"] == pytest.approx(config.loss_kwargs["r1_gamma"])
     G = networks.Generator(**config.G_kwargs)
