@@ -81,13 +81,14 @@ def _layer_input_formats(module, monkeypatch):
     return seen
 
 
-def test_cpu_layout_rule_follows_the_vector_unit_and_the_switch(monkeypatch):
+def test_cpu_layout_rule_follows_the_vendor_and_the_switch(monkeypatch):
     monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", None)
     cpu = torch.device("cpu")
-    monkeypatch.setattr(ops, "_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(ops, "_cpu_vendor", lambda: "AMD")
     assert ops.block_memory_format(False, torch.float32, cpu) == torch.channels_last
-    monkeypatch.setattr(ops, "_cpu_capability", lambda: "AVX512")
-    assert ops.block_memory_format(False, torch.float32, cpu) == torch.contiguous_format
+    for vendor in ("Intel", "other"):
+        monkeypatch.setattr(ops, "_cpu_vendor", lambda: vendor)
+        assert ops.block_memory_format(False, torch.float32, cpu) == torch.contiguous_format
     monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", True)
     assert ops.block_memory_format(False, torch.float32, cpu) == torch.channels_last
     monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", False)
@@ -96,6 +97,20 @@ def test_cpu_layout_rule_follows_the_vector_unit_and_the_switch(monkeypatch):
     monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", True)
     assert ops.block_memory_format(False, torch.float32, torch.device("cuda")) == torch.contiguous_format
     assert ops.block_memory_format(True, torch.float16, torch.device("cuda")) == torch.channels_last
+
+
+def test_cpu_vendor_is_read_from_cpuinfo_else_from_the_platform(tmp_path, monkeypatch):
+    read_vendor = ops._cpu_vendor.__wrapped__  # uncached, so each call reads its own file
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\n")
+    assert read_vendor(str(cpuinfo)) == "Intel"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n")
+    assert read_vendor(str(cpuinfo)) == "AMD"
+    missing = str(tmp_path / "no_cpuinfo")
+    monkeypatch.setattr(ops.platform, "processor", lambda: "AMD64 Family 25 Model 1 Stepping 1, AuthenticAMD")
+    assert read_vendor(missing) == "AMD"
+    monkeypatch.setattr(ops.platform, "processor", lambda: "arm")
+    assert read_vendor(missing) == "other"
 
 
 def test_both_cpu_layouts_compute_the_same_networks(monkeypatch):

@@ -108,6 +108,9 @@ def test_cli_run_writes_stats_grids_networks_and_keeps_what_it_promises(cli_run)
     assert [i.network_path is not None for i in infos] == [False, True, True]  # every 2nd + the newest
     with Image.open(infos[-1].fakes_path) as grid:
         assert grid.size == (8 * 16, 4 * 16)
+        assert grid.mode == "L"  # G draws three channels; the grid a person opens is grey, as stage 05 saves
+    with Image.open(run_dir / "reals.png") as reals:
+        assert reals.mode == "L" and reals.size == (8 * 16, 4 * 16)
 
     from mura_aug.gan.network_file import load_generator
 

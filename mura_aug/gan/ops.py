@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import platform
 from typing import Optional
 
 import torch
@@ -312,23 +313,40 @@ def block_memory_format(fp16_channels_last: bool, dtype, device: torch.device):
     return torch.contiguous_format
 
 
-# Whether channels-last pays for float32 on a CPU depends on the CPU. Measured: on an AMD EPYC whose widest vector
-# unit is AVX2, tiny-32 training ran 9-11 % faster channels-last (bench/results/train_cpu.md); on an Intel Xeon
-# with AVX-512 the networks ran 5-10 % slower (docs/gan_networks.md). So the rule follows the vector unit torch
-# dispatches to: channels-last where that is AVX2. A fixed rule, not a timing probe, so that two runs on one
-# machine compute the same numbers (a probe under load would pick either layout, and the layouts round
-# differently). None: that rule; True / False: fixed (tests and benchmarks compare the two).
+# Whether channels-last pays for float32 on a CPU depends on the CPU. Measured (bench/results/train_cpu.md): on AMD
+# EPYCs tiny-32 training ran faster channels-last, 9-11 % with AVX2 and 6-8 % with AVX-512 (2 threads); on an Intel
+# Xeon with AVX-512 the networks ran 5-10 % slower (docs/gan_networks.md). The vector unit alone does not separate
+# these (both AVX-512 machines), the vendor does, so the rule is: channels-last on AMD. A fixed rule, not a timing
+# probe, so that two runs on one machine compute the same numbers (a probe under load would pick either layout,
+# and the layouts round differently). None: that rule; True / False: fixed (tests and benchmarks compare the two).
 CPU_CHANNELS_LAST: Optional[bool] = None
-_CHANNELS_LAST_CPU_CAPABILITIES = ("AVX2",)  # torch.backends.cpu.get_cpu_capability() values
+_CHANNELS_LAST_CPU_VENDORS = ("AMD",)  # _cpu_vendor() values
 
 
 def cpu_channels_last() -> bool:
-    """Whether float32 blocks run channels-last on this CPU (CPU_CHANNELS_LAST, else the vector-unit rule)."""
+    """Whether float32 blocks run channels-last on this CPU (CPU_CHANNELS_LAST, else the vendor rule)."""
     if CPU_CHANNELS_LAST is not None:
         return bool(CPU_CHANNELS_LAST)
-    return _cpu_capability() in _CHANNELS_LAST_CPU_CAPABILITIES
+    return _cpu_vendor() in _CHANNELS_LAST_CPU_VENDORS
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_capability() -> str:
-    return torch.backends.cpu.get_cpu_capability()  # fixed for the process; asked once, not once per block
+def _cpu_vendor(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    """The CPU's maker, "AMD", "Intel" or "other": from Linux's vendor_id line, else (Windows, macOS) from
+    platform.processor()'s text. Fixed for the process, so asked once, not once per block."""
+    text = ""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    text = line.partition(":")[2]
+                    break
+    except OSError:
+        pass
+    if not text:
+        text = platform.processor()  # e.g. "AMD64 Family 25 Model 1 Stepping 1, AuthenticAMD" on Windows
+    if "AuthenticAMD" in text:
+        return "AMD"
+    if "GenuineIntel" in text:
+        return "Intel"
+    return "other"

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from mura_aug.errors import UserError, failures_as_user_error
 from mura_aug.gan import sampling
 from mura_aug.gan.torch_files import REFUSED, UnsafeFileError, load_weights_only, save_torch_file
+from mura_aug.imaging import to_grey
 from mura_aug.workspace import (SNAPSHOT_NAME, RunFolder, Workspace, atomic_path, atomic_write_text,
                                 free_bytes, staging_folder)
 
@@ -333,7 +334,9 @@ def grid_shape(resolution: int) -> Tuple[int, int]:
 
 
 def save_image_grid(images_uint8, rows: int, cols: int, path: PathLike) -> Path:
-    """Tile uint8 NCHW images (row by row) into one PNG, written atomically."""
+    """Tile uint8 NCHW images (row by row) into one 8-bit grey PNG, written atomically. Three-channel images
+    (G's output, the dataset's) are turned grey by stage 01's luma rule, so a grid shows what stage 05 saves
+    and a person opening it sees no colour tints an X-ray never has."""
     import numpy as np
     from PIL import Image
 
@@ -342,7 +345,7 @@ def save_image_grid(images_uint8, rows: int, cols: int, path: PathLike) -> Path:
     for index in range(min(n, rows * cols)):
         r, c = divmod(index, cols)
         grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = images_uint8[index].transpose(1, 2, 0)
-    image = Image.fromarray(grid[..., 0] if channels == 1 else grid)
+    image = Image.fromarray(grid[..., 0], "L") if channels == 1 else to_grey(Image.fromarray(grid, "RGB"))
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)
