@@ -156,6 +156,15 @@ def _checked_size(grey: Image.Image) -> Image.Image:
     return grey
 
 
+def grey_image(array: np.ndarray) -> Image.Image:
+    """HWC uint8 pixels (G's three channels, or one; or HW) -> an 8-bit grey ('L') image, by stage 01's luma rule."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        return Image.fromarray(array[:, :, 0], "L")
+    if array.ndim == 2:
+        return Image.fromarray(array, "L")
+    return to_grey(Image.fromarray(array, "RGB"))
+
+
 def to_grey(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 'L' (8-bit grey)."""
     mode = image.mode

@@ -130,3 +130,29 @@ def test_list_runs_reads_options(tmp_path):
     assert [r.name for r in runs] == ["XR_SHOULDER-positive-tiny-16"]
     assert runs[0].label == "positive" and runs[0].kimg == 1.5 and runs[0].states == 1
     assert os.fspath(runs[0]) == str(run_dir)
+
+
+def test_grids_are_saved_and_shown_grey_by_the_luma_rule(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from PIL import Image
+
+    from mura_aug.gan.plots import show_latest_fakes
+
+    rng = np.random.default_rng(0)
+    tinted = rng.integers(0, 256, size=(4, 3, 8, 8), dtype=np.uint8)  # four 8x8 images whose channels differ
+    saved = snap.save_image_grid(tinted, 2, 2, RunFolder(tmp_path).fakes(1.0))
+    with Image.open(saved) as grid:
+        assert grid.mode == "L" and grid.size == (16, 16)
+        top_left = np.asarray(grid)[:8, :8]
+    luma = np.asarray(Image.fromarray(tinted[0].transpose(1, 2, 0), "RGB").convert("L"))
+    assert np.array_equal(top_left, luma)
+
+    # A grid saved in colour (an older run, NVIDIA's fakes*.png) is shown grey as well.
+    colour = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    Image.fromarray(colour, "RGB").save(RunFolder(tmp_path).fakes(2.0))
+    shown = np.asarray(show_latest_fakes(tmp_path).images[0].get_array())
+    assert shown.shape == (16, 16)
+    assert np.array_equal(shown, np.asarray(Image.fromarray(colour, "RGB").convert("L")))

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageEnhance
 
 from mura_aug import cli
+from mura_aug import imaging
 from mura_aug.errors import UserError
 from mura_aug.gan import sampling
 from mura_aug.synth import filters, generate, grids, manifest, snapshots, stage
@@ -121,7 +122,7 @@ def test_grey_image_is_the_luma_of_the_three_channels():
     rng = np.random.default_rng(0)
     array = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     array[..., 0] = 255  # strongly coloured, so a channel pick or a plain mean would differ from luma
-    image = generate.grey_image(array)
+    image = imaging.grey_image(array)
     assert image.mode == "L" and np.array_equal(np.asarray(image), grey(array))
     assert not np.array_equal(np.asarray(image), array.mean(axis=2).round().astype(np.uint8))
 

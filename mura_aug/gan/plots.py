@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from mura_aug.errors import UserError
+from mura_aug.imaging import grey_image, to_grey
 from mura_aug.metrics.features import metric_label
 from mura_aug.workspace import RunFolder
 
@@ -101,7 +102,8 @@ def show_latest_fakes(run_dir: PathLike, ax=None, figsize=(10, 5)):
         ax.text(0.5, 0.5, "no fakes grid yet", ha="center", va="center", transform=ax.transAxes)
         return ax
     with Image.open(grids[-1].fakes_path) as image:
-        ax.imshow(image.convert("RGB"))
+        # grey by stage 01's luma rule, also for grids saved in colour (older runs, NVIDIA's fakes*.png)
+        ax.imshow(np.asarray(to_grey(image)), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_title(f"fakes at {grids[-1].kimg:.3f} kimg")
     return ax
 
@@ -224,7 +226,7 @@ def plot_closest_pairs(report, fake_images, real_images, count: int = 8,
         real_index = int(report.nearest_real[fake_index])
         for row, image in enumerate((fake_images[fake_index], real_images[real_index])):
             ax = axes[row, column]
-            ax.imshow(np.asarray(image).transpose(1, 2, 0).mean(axis=2), cmap="gray", vmin=0, vmax=255)
+            ax.imshow(np.asarray(grey_image(np.asarray(image).transpose(1, 2, 0))), cmap="gray", vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
         flagged = bool(report.flagged[fake_index])

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from mura_aug.errors import UserError, failures_as_user_error
 from mura_aug.gan import sampling
 from mura_aug.gan.torch_files import REFUSED, UnsafeFileError, load_weights_only, save_torch_file
-from mura_aug.imaging import to_grey
+from mura_aug.imaging import grey_image
 from mura_aug.workspace import (SNAPSHOT_NAME, RunFolder, Workspace, atomic_path, atomic_write_text,
                                 free_bytes, staging_folder)
 
@@ -338,14 +338,13 @@ def save_image_grid(images_uint8, rows: int, cols: int, path: PathLike) -> Path:
     (G's output, the dataset's) are turned grey by stage 01's luma rule, so a grid shows what stage 05 saves
     and a person opening it sees no colour tints an X-ray never has."""
     import numpy as np
-    from PIL import Image
 
     n, channels, height, width = images_uint8.shape
     grid = np.zeros((rows * height, cols * width, channels), dtype=np.uint8)
     for index in range(min(n, rows * cols)):
         r, c = divmod(index, cols)
         grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = images_uint8[index].transpose(1, 2, 0)
-    image = Image.fromarray(grid[..., 0], "L") if channels == 1 else to_grey(Image.fromarray(grid, "RGB"))
+    image = grey_image(grid)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return Path(path)

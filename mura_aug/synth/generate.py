@@ -23,7 +23,7 @@ from PIL import Image, ImageEnhance
 from mura_aug.devices import resolve_device
 from mura_aug.errors import UserError
 from mura_aug.gan import sampling
-from mura_aug.imaging import to_grey
+from mura_aug.imaging import grey_image, to_grey
 from mura_aug.synth.manifest import SynthResult, is_done, manifest_row, merge_manifest, read_manifest, write_manifest
 from mura_aug.synth.settings import SynthSettings
 from mura_aug.synth.snapshots import Snapshot
@@ -37,15 +37,6 @@ DEFAULT = SynthSettings()  # the keyword defaults below are the settings' own
 
 
 # --- what a fake looks like ------------------------------------------------------------------------------
-
-def grey_image(array: np.ndarray) -> Image.Image:
-    """HWC uint8 pixels of G (three channels, or one) -> an 8-bit grey ('L') image, by stage 01's luma rule."""
-    if array.ndim == 3 and array.shape[2] == 1:
-        return Image.fromarray(array[:, :, 0], "L")
-    if array.ndim == 2:
-        return Image.fromarray(array, "L")
-    return to_grey(Image.fromarray(array, "RGB"))
-
 
 def open_gray(path: PathLike) -> Image.Image:
     """Any image file (8- or 16-bit grey, RGB, RGBA, palette) as 8-bit grey; UserError when unreadable."""

@@ -10,8 +10,8 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from mura_aug.imaging import to_grey
-from mura_aug.synth.generate import DEFAULT, grey_image, open_gray
+from mura_aug.imaging import grey_image, to_grey
+from mura_aug.synth.generate import DEFAULT, open_gray
 
 PathLike = Union[str, os.PathLike]
 

@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from mura_aug.errors import UserError
-from mura_aug.imaging import to_grey
-from mura_aug.synth.generate import grey_image, open_gray
+from mura_aug.imaging import grey_image, to_grey
+from mura_aug.synth.generate import open_gray
 from mura_aug.synth.grids import grid_kimg
 from mura_aug.workspace import CLASSES, RunFolder
 
