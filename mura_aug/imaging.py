@@ -4,9 +4,12 @@
 short reason (written to the skipped-files table by prepare). Plain 8-bit grey / RGB PNGs (all of MURA) are
 decoded by OpenCV when it is installed (the `fast` extra; Colab has it), about 20 % faster than Pillow, and
 `encode_png_fast` writes PNGs through it at about half Pillow's cost; the pixels are the same either way
-(tests/test_imaging.py checks both), only the compressed bytes differ. Without OpenCV Pillow does everything. The preprocessing steps (`crop_xray_region`,
-`normalize_contrast`, `resize_pad`, `resize_center_crop`) are plain PIL + numpy and are combined by
-`preprocess` into the square RGB images of the GAN datasets.
+(tests/test_imaging.py checks both), only the compressed bytes differ. Without OpenCV Pillow does everything.
+The preprocessing steps (`crop_xray_region`, `normalize_contrast`, `resize_pad`, `resize_center_crop`) are
+plain PIL + numpy and are combined by `preprocess` into the square RGB images of the GAN datasets.
+
+The luma rule (`to_grey` for PIL images, `grey_image` for G's pixel arrays) is the one way anything in the
+package turns colour into grey: stage 01's inputs, stage 05's fakes, training's grids, the widgets and plots.
 """
 from __future__ import annotations
 
@@ -157,7 +160,7 @@ def _checked_size(grey: Image.Image) -> Image.Image:
 
 
 def grey_image(array: np.ndarray) -> Image.Image:
-    """HWC uint8 pixels (G's three channels, or one; or HW) -> an 8-bit grey ('L') image, by stage 01's luma rule."""
+    """HWC uint8 pixels (G's three channels, or one; or HW) -> an 8-bit grey ('L') image, by the luma rule."""
     if array.ndim == 3 and array.shape[2] == 1:
         return Image.fromarray(array[:, :, 0], "L")
     if array.ndim == 2:
