@@ -27,6 +27,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -49,23 +50,43 @@ SETTINGS = {
 LAYOUTS = {"auto": None, "nchw": False, "channels-last": True}
 
 
-def run_setting(name, workdir: Path, threads: int, log, layout: str = "auto"):
-    import torch
-
-    from mura_aug.gan import ops
+def make_run(name, workdir: Path, run: str, ticks: int, steps_per_tick: Optional[int] = None):
+    """A fresh bench run of setting `name`: (workspace with the demo radiographs, image count, TrainConfig,
+    RunSettings training `ticks` ticks, kimg per tick). One tick is one regularisation period (16 steps),
+    paper256's a single step, unless `steps_per_tick` says otherwise. Any earlier run of that name is
+    deleted: resuming would skip the ticks to time."""
+    import shutil
 
     from bench_quality import build_dataset
-    from mura_aug.gan import loop
     from mura_aug.gan.configs import make_config
     from mura_aug.gan.settings import RunSettings
 
-    cfg, resolution, batch, ticks_wanted = SETTINGS[name]
+    cfg, resolution, batch, _ = SETTINGS[name]
     config = make_config(cfg, resolution, batch=batch)
-    batch_size = config.batch_size
-    extrapolated = cfg == "paper256"
-    steps_per_tick = 1 if extrapolated else REG_PERIOD_STEPS
-    tick_kimg = steps_per_tick * batch_size / 1000
+    if steps_per_tick is None:
+        steps_per_tick = 1 if cfg == "paper256" else REG_PERIOD_STEPS
+    tick_kimg = steps_per_tick * config.batch_size / 1000
     workspace, count = build_dataset(workdir, resolution=resolution)
+    stale = workspace.experiments / run
+    if stale.exists():
+        shutil.rmtree(stale)
+    # cpu_ok: the point here is to time a CPU, also where training a full-size network on it takes weeks
+    settings = RunSettings(label="positive", cfg=cfg, resolution=resolution, batch=batch, kimg=ticks * tick_kimg,
+                           kimg_per_tick=tick_kimg, snap=10_000, device="cpu", progress=False, run=run, keep=1,
+                           cpu_ok=True)
+    return workspace, count, config, settings, tick_kimg
+
+
+def run_setting(name, workdir: Path, threads: int, log, layout: str = "auto"):
+    import torch
+
+    from mura_aug.gan import loop, ops
+
+    cfg, resolution, batch, ticks_wanted = SETTINGS[name]
+    extrapolated = cfg == "paper256"
+    ticks_run = ticks_wanted if extrapolated else ticks_wanted + 1  # + the last tick, which writes the snapshot
+    workspace, count, config, settings, tick_kimg = make_run(name, workdir, f"bench-{name}", ticks_run)
+    batch_size = config.batch_size
     torch.set_num_threads(threads)
     ops.CPU_CHANNELS_LAST = LAYOUTS[layout]
     used_layout = "channels-last" if ops.cpu_channels_last() else "NCHW"
@@ -81,17 +102,6 @@ def run_setting(name, workdir: Path, threads: int, log, layout: str = "auto"):
         log(f"{name_shown}: tick {len(ticks)} at {line['kimg']:.3f} kimg: {ticks[-1]['wall']:.1f} s wall, "
             f"{ticks[-1]['cpu']:.1f} CPU-s")
 
-    run = f"bench-{name}"
-    ticks_run = ticks_wanted if extrapolated else ticks_wanted + 1  # + the last tick, which writes the snapshot
-    stale = workspace.experiments / run
-    if stale.exists():  # always a fresh run: resuming would skip the ticks to measure
-        import shutil
-
-        shutil.rmtree(stale)
-    # cpu_ok: the point here is to time a CPU, also where training a full-size network on it takes weeks
-    settings = RunSettings(label="positive", cfg=cfg, resolution=resolution, batch=batch, kimg=ticks_run * tick_kimg,
-                           kimg_per_tick=tick_kimg, snap=10_000, device="cpu", progress=False, run=run, keep=1,
-                           cpu_ok=True)
     loop.train(workspace.root, settings, on_tick=on_tick, log=lambda text: None)
     result = dict(name=name, layout=used_layout, cfg=cfg, resolution=resolution, batch=batch_size, threads=threads,
                   images=count, ticks=len(ticks), extrapolated=extrapolated, load=os.getloadavg())
