@@ -88,8 +88,8 @@ def report(profiler, wall: float, cpu: float, used_layout: str, args, argv) -> s
         f"({platform.processor() or platform.machine()}), torch {torch.__version__}, fp32, {args.threads} "
         f"thread(s), {used_layout}. Load average at the end: {os.getloadavg()[0]:.1f} (1 min).",
         "- Command: `" + " ".join(["python bench/profile_train.py", *argv]) + "`",
-        f"- Profiled tick ({args.steps} steps, tick {PROFILED_TICK} of 3): {wall:.2f} s wall, {cpu:.2f} CPU-s with the profiler "
-        f"on; self CPU of all operators {total_us / 1e6:.2f} s in {sum(calls.values())} operator calls.",
+        f"- Profiled tick ({args.steps} steps, tick {PROFILED_TICK} of 3): {wall:.2f} s wall, {cpu:.2f} CPU-s with "
+        f"the profiler on; self CPU of all operators {total_us / 1e6:.2f} s in {sum(calls.values())} operator calls.",
         f"- Convolutions ({', '.join(CONVOLUTION_OPS)}): {100 * convolution_us / total_us:.0f} % of the self CPU time.",
         "",
         "| operator | self CPU % | self CPU (ms) | calls |",
