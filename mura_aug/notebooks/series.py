@@ -50,7 +50,8 @@ COMMON_SECTION = "common"
 # poorly; bench/results/demo.md).
 DEMO_SIDE_BY_SIDE = ("02_train_positive", "03_train_negative")
 # torch CPU threads of each notebook run side by side. Fixed rather than per machine: the demo's numbers then
-# repeat on every machine (a different thread count sums floats in a different order).
+# repeat from run to run and across machines with the same CPU and torch (a different thread count sums floats
+# in a different order; so do other CPUs' convolution kernels, which no setting here can pin).
 SIDE_BY_SIDE_THREADS = 1
 DEMO_PARAMS_FILE = Path(__file__).resolve().with_name("demo_params.yaml")
 DEFAULT_DEMO_WORKSPACE = "./demo_workspace"
