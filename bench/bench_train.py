@@ -126,11 +126,14 @@ def run_setting(name, workdir: Path, threads: int, log, layout: str = "auto"):
 def write_report(path: Path, results, argv, speed_note=""):
     import torch
 
+    from mura_aug.gan import ops
+
     load = os.getloadavg()
     lines = [
         "# Training loop on CPU: seconds per kimg (whole pipeline)",
         "",
-        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()}-core CPU, no GPU "
+        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()}-core {ops.cpu_vendor()} "
+        "CPU, no GPU "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__}, fp32.",
         f"- Load average when finished: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min). The machine "
         "is shared: wall times are upper bounds; CPU seconds are less affected.",

@@ -64,12 +64,20 @@ def profile_one_tick(name: str, workdir: Path, threads: int, layout: str, shapes
             timing["wall"] = time.perf_counter() - started[0]
             timing["cpu"] = time.process_time() - started[1]
 
-    loop.train(workspace.root, settings, on_tick=on_tick, log=lambda text: None)
+    try:
+        loop.train(workspace.root, settings, on_tick=on_tick, log=lambda text: None)
+    finally:
+        if started is not None and not timing:  # training stopped inside the profiled tick
+            profiler.__exit__(None, None, None)
+    if not timing:
+        raise SystemExit(f"training stopped before the end of tick {PROFILED_TICK}; nothing was profiled")
     return profiler, timing["wall"], timing["cpu"], used_layout
 
 
 def report(profiler, wall: float, cpu: float, used_layout: str, args, argv) -> str:
     import torch
+
+    from mura_aug.gan import ops
 
     # One pass over the profiler's events (each key_averages call walks all ~230,000 of them): by operator and
     # input shapes, summed here again by operator.
@@ -84,8 +92,8 @@ def report(profiler, wall: float, cpu: float, used_layout: str, args, argv) -> s
     lines = [
         f"# One tick of CPU training, profiled: {args.setting}",
         "",
-        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()}-core CPU "
-        f"({platform.processor() or platform.machine()}), torch {torch.__version__}, fp32, {args.threads} "
+        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()}-core {ops.cpu_vendor()} "
+        f"CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, fp32, {args.threads} "
         f"thread(s), {used_layout}. Load average at the end: {os.getloadavg()[0]:.1f} (1 min).",
         "- Command: `" + " ".join(["python bench/profile_train.py", *argv]) + "`",
         f"- Profiled tick ({args.steps} steps, tick {PROFILED_TICK} of 3): {wall:.2f} s wall, {cpu:.2f} CPU-s with "

@@ -159,13 +159,19 @@ def _checked_size(grey: Image.Image) -> Image.Image:
     return grey
 
 
+_MODE_OF_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # HWC uint8 pixels -> the PIL mode they are
+
+
 def grey_image(array: np.ndarray) -> Image.Image:
-    """HWC uint8 pixels (G's three channels, or one; or HW) -> an 8-bit grey ('L') image, by the luma rule."""
-    if array.ndim == 3 and array.shape[2] == 1:
-        return Image.fromarray(array[:, :, 0], "L")
-    if array.ndim == 2:
-        return Image.fromarray(array, "L")
-    return to_grey(Image.fromarray(array, "RGB"))
+    """HW or HWC uint8 pixels (G's three channels; also 1, 2 or 4 with alpha) -> an 8-bit grey ('L') image,
+    by `to_grey`'s rules (luma; alpha composited on black)."""
+    mode = "L" if array.ndim == 2 else _MODE_OF_CHANNELS.get(array.shape[2]) if array.ndim == 3 else None
+    if array.dtype != np.uint8 or mode is None:
+        raise ValueError(f"grey_image takes HW or HWC uint8 pixels with 1-4 channels, not {array.dtype} "
+                         f"{tuple(array.shape)}")
+    if array.ndim == 3 and mode == "L":
+        array = array[:, :, 0]
+    return to_grey(Image.fromarray(array, mode))
 
 
 def to_grey(image: Image.Image) -> Image.Image:

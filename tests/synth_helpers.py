@@ -32,8 +32,8 @@ def add_tiny_run(workspace, label, kimg=4.0, torch_seed=0, body_part="XR_SHOULDE
 
 
 def add_tiny_run_with_state(workspace, label, torch_seed, kimg=2.0, resolution=32):
-    """A run folder as training leaves it: network file, state file with D, and its fakes grid (2 x 4 tiles in
-    G's three channels); returns the RunFolder."""
+    """A run folder as training leaves it: network file, state file with D, and its fakes grid (2 x 4 tiles, in
+    colour as older runs and NVIDIA's grids are, so cutting it must turn it grey); returns the RunFolder."""
     from mura_aug.gan.network_file import save_network_file
     from mura_aug.gan.networks import Discriminator
     from mura_aug.synth.generate import generate_images

@@ -432,3 +432,15 @@ def test_training_metric_plot_reads_measured_ticks_from_stats_jsonl(tmp_path):
     report = M.memorisation(fakes, reals)
     pairs = plot_closest_pairs(report, fakes, reals, count=3)
     assert "COPY?" in pairs.axes[0].get_title()
+
+    # Fakes with a red tint are shown grey by the luma rule (what stage 05 saves), not by a channel mean.
+    from mura_aug.imaging import grey_image
+
+    tinted = fakes.copy()
+    tinted[:, 0] = 255
+    tinted_report = M.memorisation(tinted, reals)
+    figure = plot_closest_pairs(tinted_report, tinted, reals, count=len(tinted))
+    for column, index in enumerate(tinted_report.closest(len(tinted))):  # the top row holds the fakes
+        shown = np.asarray(figure.axes[column].images[0].get_array())
+        assert np.array_equal(shown, np.asarray(grey_image(tinted[index].transpose(1, 2, 0))))
+        assert not np.allclose(shown, tinted[index].mean(axis=0))

@@ -84,10 +84,10 @@ def _layer_input_formats(module, monkeypatch):
 def test_cpu_layout_rule_follows_the_vendor_and_the_switch(monkeypatch):
     monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", None)
     cpu = torch.device("cpu")
-    monkeypatch.setattr(ops, "_cpu_vendor", lambda: "AMD")
+    monkeypatch.setattr(ops, "cpu_vendor", lambda: "AMD")
     assert ops.block_memory_format(False, torch.float32, cpu) == torch.channels_last
     for vendor in ("Intel", "other"):
-        monkeypatch.setattr(ops, "_cpu_vendor", lambda: vendor)
+        monkeypatch.setattr(ops, "cpu_vendor", lambda: vendor)
         assert ops.block_memory_format(False, torch.float32, cpu) == torch.contiguous_format
     monkeypatch.setattr(ops, "CPU_CHANNELS_LAST", True)
     assert ops.block_memory_format(False, torch.float32, cpu) == torch.channels_last
@@ -100,7 +100,7 @@ def test_cpu_layout_rule_follows_the_vendor_and_the_switch(monkeypatch):
 
 
 def test_cpu_vendor_is_read_from_cpuinfo_else_from_the_platform(tmp_path, monkeypatch):
-    read_vendor = ops._cpu_vendor.__wrapped__  # uncached, so each call reads its own file
+    read_vendor = ops.cpu_vendor.__wrapped__  # uncached, so each call reads its own file
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\n")
     assert read_vendor(str(cpuinfo)) == "Intel"

@@ -153,6 +153,8 @@ def test_grids_are_saved_and_shown_grey_by_the_luma_rule(tmp_path):
     # A grid saved in colour (an older run, NVIDIA's fakes*.png) is shown grey as well.
     colour = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
     Image.fromarray(colour, "RGB").save(RunFolder(tmp_path).fakes(2.0))
-    shown = np.asarray(show_latest_fakes(tmp_path).images[0].get_array())
+    axes = show_latest_fakes(tmp_path)
+    shown = np.asarray(axes.images[0].get_array())
+    matplotlib.pyplot.close(axes.figure)
     assert shown.shape == (16, 16)
     assert np.array_equal(shown, np.asarray(Image.fromarray(colour, "RGB").convert("L")))

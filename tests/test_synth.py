@@ -125,6 +125,13 @@ def test_grey_image_is_the_luma_of_the_three_channels():
     image = imaging.grey_image(array)
     assert image.mode == "L" and np.array_equal(np.asarray(image), grey(array))
     assert not np.array_equal(np.asarray(image), array.mean(axis=2).round().astype(np.uint8))
+    # one channel (or none) is already grey; an alpha channel is composited on black, as stage 01 does
+    assert np.array_equal(np.asarray(imaging.grey_image(array[..., :1])), array[..., 0])
+    assert np.array_equal(np.asarray(imaging.grey_image(array[..., 1])), array[..., 1])
+    rgba = np.concatenate([array, np.zeros((8, 8, 1), np.uint8)], axis=2)  # fully transparent: black
+    assert imaging.grey_image(rgba).mode == "L" and not np.asarray(imaging.grey_image(rgba)).any()
+    with pytest.raises(ValueError, match="uint8 pixels with 1-4 channels"):
+        imaging.grey_image(array.astype(np.float32))
 
 
 @pytest.fixture

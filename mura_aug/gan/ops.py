@@ -320,18 +320,18 @@ def block_memory_format(fp16_channels_last: bool, dtype, device: torch.device):
 # probe, so that two runs on one machine compute the same numbers (a probe under load would pick either layout,
 # and the layouts round differently). None: that rule; True / False: fixed (tests and benchmarks compare the two).
 CPU_CHANNELS_LAST: Optional[bool] = None
-_CHANNELS_LAST_CPU_VENDORS = ("AMD",)  # _cpu_vendor() values
+_CHANNELS_LAST_CPU_VENDORS = ("AMD",)  # cpu_vendor() values
 
 
 def cpu_channels_last() -> bool:
     """Whether float32 blocks run channels-last on this CPU (CPU_CHANNELS_LAST, else the vendor rule)."""
     if CPU_CHANNELS_LAST is not None:
         return bool(CPU_CHANNELS_LAST)
-    return _cpu_vendor() in _CHANNELS_LAST_CPU_VENDORS
+    return cpu_vendor() in _CHANNELS_LAST_CPU_VENDORS
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_vendor(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+def cpu_vendor(cpuinfo_path: str = "/proc/cpuinfo") -> str:
     """The CPU's maker, "AMD", "Intel" or "other": from Linux's vendor_id line, else (Windows, macOS) from
     platform.processor()'s text. Fixed for the process, so asked once, not once per block."""
     text = ""

@@ -323,8 +323,8 @@ class SnapshotBrowser:
         return f"{self.kimgs[index]:g} kimg"
 
     def image_bytes(self, index: int, display_px: int = GRID_DISPLAY_PX) -> bytes:
-        """PNG bytes of grid `index` in 8-bit grey (training saves its grids in G's three channels), its longer
-        side `display_px` (0: the grid's own size)."""
+        """PNG bytes of grid `index` in 8-bit grey (training saves grey grids; older runs' and NVIDIA's may be in
+        colour), its longer side `display_px` (0: the grid's own size)."""
         return png_bytes(open_gray(self.grids[index]), display_px=display_px)
 
     def size(self, index: int) -> Tuple[int, int]:
