@@ -1,6 +1,7 @@
 """ADA: the augmentation operations do what they say, stay differentiable, and p follows the heuristic."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -318,18 +319,45 @@ def test_pipe_on_cuda_matches_cpu_for_the_same_transformations():
 
 
 def test_the_affine_building_blocks_are_the_textbook_matrices():
-    # The geometric maps are stacked from their entries (augment._affine2d) and composed factor by factor.
+    # The geometric maps are stacked from their entries (augment._affine2d, float64 numpy) and composed factor
+    # by factor.
     aug = augment
-    theta = torch.tensor([0.3, -1.2])
-    c, s = torch.cos(theta), torch.sin(theta)
-    rotation = torch.zeros(2, 3, 3)
+    theta = np.array([0.3, -1.2])
+    c, s = np.cos(theta), np.sin(theta)
+    rotation = np.zeros((2, 3, 3))
     rotation[:, 0, 0], rotation[:, 0, 1], rotation[:, 1, 0], rotation[:, 1, 1], rotation[:, 2, 2] = c, -s, s, c, 1
-    assert torch.equal(aug._rotate2d(theta), rotation)
-    shift = aug._translate2d(torch.tensor([2.0, -1.0]), torch.tensor([0.5, 3.0]))
-    assert torch.equal(shift[1], torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 3.0], [0.0, 0.0, 1.0]]))
-    scale = aug._scale2d(torch.tensor([2.0, 0.5]), torch.tensor([3.0, 1.0]))
-    assert torch.equal(scale[0], torch.diag(torch.tensor([2.0, 3.0, 1.0])))
-    quarter = aug._quarter_turns2d(torch.tensor([1, 2]))
-    assert torch.equal(quarter[0], torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
-    assert torch.equal(aug._compose([], 2, "cpu"), torch.eye(3).expand(2, 3, 3))
-    assert torch.equal(aug._compose([rotation, shift, scale], 2, "cpu"), torch.eye(3) @ rotation @ shift @ scale)
+    assert np.array_equal(aug._rotate2d(theta), rotation)
+    shift = aug._translate2d(np.array([2.0, -1.0]), np.array([0.5, 3.0]))
+    assert np.array_equal(shift[1], [[1.0, 0.0, -1.0], [0.0, 1.0, 3.0], [0.0, 0.0, 1.0]])
+    scale = aug._scale2d(np.array([2.0, 0.5]), np.array([3.0, 1.0]))
+    assert np.array_equal(scale[0], np.diag([2.0, 3.0, 1.0]))
+    quarter = aug._quarter_turns2d(np.array([1, 2]))
+    assert np.array_equal(quarter[0], [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    assert np.array_equal(aug._compose([], 2), np.broadcast_to(np.eye(3), (2, 3, 3)))
+    assert np.array_equal(aug._compose([rotation, shift, scale], 2), np.eye(3) @ rotation @ shift @ scale)
+    identity4 = aug._compose([], 2, 4)
+    identity4[0, 0, 0] = 5.0  # a fresh array each time, safe to write into
+    assert np.array_equal(aug._compose([], 2, 4)[0], np.eye(4))
+
+
+def test_each_forward_pass_draws_two_fixed_blocks_whatever_is_on():
+    # The colour part reads the same columns whether or not the geometric part is on, so switching one part
+    # off does not change what the other does.
+    images = _images(n=8)
+    torch.manual_seed(21)
+    with_geometry = make_augment_pipe("bgc", p=1.0)(images)
+    after = torch.rand(3)
+    torch.manual_seed(21)
+    colour_only = make_augment_pipe("bgc", p=1.0, xflip=0, rotate90=0, xint=0, scale=0, rotate=0, aniso=0,
+                                    xfrac=0)(images)
+    assert torch.equal(after, torch.rand(3))  # the same amount drawn
+    pipe = make_augment_pipe("bgc", p=1.0)
+    torch.manual_seed(21)
+    draws = augment._Draws(8, "cpu")
+    pipe._p = 1.0
+    pipe._geometry(8, images.shape[2], images.shape[3], draws)
+    matrix, changed = pipe._color_matrix(8, draws)
+    assert changed.all()
+    expected = pipe._apply_color(images, torch.from_numpy(matrix).float())
+    torch.testing.assert_close(colour_only, expected)
+    assert not torch.allclose(with_geometry, colour_only)

@@ -132,6 +132,15 @@ def test_equalised_learning_rate_gains():
     # Run-time scaling keeps the output at unit scale whatever the fan-in.
     assert fc(x).std().item() == pytest.approx(1.0, rel=0.1)
 
+    # The gains ride in addmm's scalar factors: an extra `gain` scales weight and bias, and the activated
+    # layers (the mapping network's) keep the activation's gain of sqrt(2).
+    assert torch.allclose(fc(x, gain=0.25), 0.25 * expected, atol=1e-5)
+    lrelu = networks.FullyConnectedLayer(400, 300, activation="lrelu", lr_multiplier=0.01, bias_init=0.5)
+    expected = F.leaky_relu(x @ (lrelu.weight * (0.01 / math.sqrt(400))).t() + lrelu.bias * 0.01, 0.2) * math.sqrt(2)
+    assert torch.allclose(lrelu(x), expected, atol=1e-5) and (expected < 0).any()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lrelu(x).dtype == torch.float32  # as when the bias was added after the product: w stays float32
+
     G = Generator(32, 0, 32, 16, 3, mapping_kwargs=dict(num_layers=2))
     assert G.mapping.fc0.weight_gain == pytest.approx(0.01 / math.sqrt(32))  # mapping: lr multiplier 0.01
     assert G.synthesis.b8.conv0.affine.weight_gain == pytest.approx(1 / math.sqrt(32))

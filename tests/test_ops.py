@@ -139,3 +139,25 @@ def test_both_cpu_layouts_compute_the_same_networks(monkeypatch):
             assert grad_b is None
             continue
         torch.testing.assert_close(grad_b, grad_a, atol=1e-5 * float(grad_a.abs().max().clamp_min(1)), rtol=1e-3)
+
+
+def test_fir_kernels_are_made_once_per_filter_and_remade_when_it_changes():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    f = ops.setup_filter([1, 3, 3, 1])
+    first = ops.upfirdn2d(x, f, padding=2)
+    kernel = ops._depthwise(f, 3, torch.float32, 1.0, flip=True)
+    assert ops._depthwise(f, 3, torch.float32, 1.0, flip=True) is kernel  # kept, not rebuilt
+    assert ops._depthwise(f, 4, torch.float32, 1.0, flip=True) is not kernel  # other channels: another kernel
+    with torch.no_grad():
+        f.copy_(ops.setup_filter([1, 2, 4, 1]))  # loading a state changes a filter in place
+    changed = ops.upfirdn2d(x, f, padding=2)
+    want = F.conv2d(F.pad(x, [2, 2, 2, 2]), f.flip([0, 1])[None, None].repeat(3, 1, 1, 1), groups=3)
+    torch.testing.assert_close(changed, want, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(changed, first)
+    ident = id(f)
+    del f, kernel
+    assert ident not in ops._derived  # a freed filter takes its kernels with it
+    with torch.inference_mode():  # tensors without a version counter are not cached, and still work
+        g = ops.setup_filter([1, 3, 3, 1])
+        torch.testing.assert_close(ops.upfirdn2d(x, g, padding=2), first)

@@ -315,3 +315,26 @@ def test_the_loop_knows_no_metrics():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_any_non_finite_finds_nan_and_infinity_and_leaves_the_gradients_as_they_are():
+    from mura_aug.gan.loop import any_non_finite
+
+    grads = [torch.randn(3, 3), torch.tensor([-0.0, 1e-40, 3.0e38])]
+    before = [g.clone() for g in grads]
+    assert not any_non_finite(grads)
+    assert all(torch.equal(g, b) and torch.equal(g.signbit(), b.signbit()) for g, b in zip(grads, before))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        grads[1][1] = bad
+        assert any_non_finite(grads)
+
+
+def test_seed_chunk_sets_the_cpu_stream_from_the_derived_seed():
+    from mura_aug.gan import rng
+
+    rng.seed_chunk(7, 3, 1, 0)
+    drawn = torch.rand(5)
+    expected = torch.rand(5, generator=torch.Generator().manual_seed(rng.derived_seed(7, 3, rng.DRAW_CHUNK, 1, 0)))
+    assert torch.equal(drawn, expected)
+    rng.seed_chunk(7, 3, 2, 0)  # another phase: another stream
+    assert not torch.equal(torch.rand(5), expected)

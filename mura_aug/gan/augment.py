@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from mura_aug.errors import UserError
@@ -64,51 +65,71 @@ _UNSUPPORTED_STRENGTHS = ("imgfilter_bands", "imgfilter_std", "noise_std", "cuto
 _LUMA_AXIS = (1 / math.sqrt(3),) * 3  # unit vector of grey in RGB
 
 
-def _identity(n, size, device):
-    return torch.eye(size, device=device).unsqueeze(0).repeat(n, 1, 1)
+# The per-sample matrices are a few dozen numbers per image: they are built in float64 numpy on the CPU, where
+# each step costs about a microsecond, and only the finished maps go to the images' device. Built from torch
+# tensors, the same matrices took ~570 tensor operations per training step of a tiny network, ~15 % of all the
+# operators a CPU step dispatched.
 
 
 def _affine2d(a, b, c, d, tx, ty):
-    """[n, 3, 3] matrices [[a, b, tx], [c, d, ty], [0, 0, 1]] from [n] tensors, in one stack (building them
-    by item assignment into identities took ~25 tensor ops per matrix, several times the arithmetic here)."""
-    zero, one = torch.zeros_like(a), torch.ones_like(a)
-    return torch.stack([a, b, tx, c, d, ty, zero, zero, one], dim=1).view(-1, 3, 3)
+    """[n, 3, 3] matrices [[a, b, tx], [c, d, ty], [0, 0, 1]] from [n] arrays."""
+    zero, one = np.zeros_like(a), np.ones_like(a)
+    return np.stack([a, b, tx, c, d, ty, zero, zero, one], axis=1).reshape(-1, 3, 3)
 
 
 def _translate2d(tx, ty):
-    zero, one = torch.zeros_like(tx), torch.ones_like(tx)
+    zero, one = np.zeros_like(tx), np.ones_like(tx)
     return _affine2d(one, zero, zero, one, tx, ty)
 
 
 def _scale2d(sx, sy):
-    zero = torch.zeros_like(sx)
+    zero = np.zeros_like(sx)
     return _affine2d(sx, zero, zero, sy, zero, zero)
 
 
 def _rotate2d(theta):
-    c, s = torch.cos(theta), torch.sin(theta)
-    zero = torch.zeros_like(theta)
+    c, s = np.cos(theta), np.sin(theta)
+    zero = np.zeros_like(theta)
     return _affine2d(c, -s, s, c, zero, zero)
 
 
 def _quarter_turns2d(k):
     """Exact rotation matrices for k * 90 degrees (integers, so pixel centres map onto pixel centres)."""
-    cos_table = torch.tensor([1.0, 0.0, -1.0, 0.0], device=k.device)
-    sin_table = torch.tensor([0.0, 1.0, 0.0, -1.0], device=k.device)
-    c, s = cos_table[k], sin_table[k]
-    zero = torch.zeros_like(c)
+    c = np.array([1.0, 0.0, -1.0, 0.0])[k]
+    s = np.array([0.0, 1.0, 0.0, -1.0])[k]
+    zero = np.zeros_like(c)
     return _affine2d(c, -s, s, c, zero, zero)
 
 
-def _compose(factors, n, device):
-    """The product factors[0] @ factors[1] @ ... ([n, 3, 3] each); the identity when there are none. Starting
-    from the first factor rather than from an identity gives the same values (I @ A == A exactly)."""
+def _compose(factors, n, size=3):
+    """The product factors[0] @ factors[1] @ ... ([n, size, size] each); the identity when there are none.
+    Starting from the first factor rather than from an identity gives the same values (I @ A == A exactly)."""
     if not factors:
-        return _identity(n, 3, device)
+        return np.broadcast_to(np.eye(size), (n, size, size)).copy()
     product = factors[0]
     for factor in factors[1:]:
         product = product @ factor
     return product
+
+
+class _Draws:
+    """One forward pass' random numbers, drawn from torch's generator of the images' device in two blocks of
+    fixed size (whatever p and whichever operations are on), read column by column in a fixed order."""
+
+    UNIFORM, NORMAL = 21, 7  # columns: what all thirteen operations of _geometry and _color_matrix use
+
+    def __init__(self, n, device):
+        self.uniform = torch.rand([n, self.UNIFORM], device=device).cpu().double().numpy()
+        self.normal = torch.randn([n, self.NORMAL], device=device).cpu().double().numpy()
+        self.used_uniform = self.used_normal = 0
+
+    def uniform_column(self):
+        self.used_uniform += 1
+        return self.uniform[:, self.used_uniform - 1]
+
+    def normal_column(self):
+        self.used_normal += 1
+        return self.normal[:, self.used_normal - 1]
 
 
 def _mirror_index(index, size):
@@ -244,122 +265,121 @@ class AugmentPipe(torch.nn.Module):
         return f"p={float(self.p):.4f}, ops=[{', '.join(active)}]"
 
     # ------------------------------------------------------------------------------------------------------
-    def _random_rotation(self, geom: list, needs_geom, chance: float, n: int, device):
+    def _random_rotation(self, geom: list, needs_geom, chance: float, draws: _Draws):
         """Append an arbitrary rotation (up to rotate_max half-turns) to the factors `geom` for each sample with
         probability `chance`; returns which samples now need resampling."""
-        theta = (torch.rand([n], device=device) * 2 - 1) * math.pi * self.rotate_max
-        applied = torch.rand([n], device=device) < chance
-        theta = torch.where(applied, theta, torch.zeros_like(theta))
-        geom.append(_rotate2d(-theta))
+        theta = (draws.uniform_column() * 2 - 1) * math.pi * self.rotate_max
+        applied = draws.uniform_column() < chance
+        geom.append(_rotate2d(-np.where(applied, theta, 0.0)))
         return needs_geom | applied
 
-    def _chance(self, multiplier, n, device):
+    def _chance(self, multiplier, draws: _Draws):
         """Per-sample booleans: is this operation applied (probability p * multiplier)?"""
-        return torch.rand([n], device=device) < self.p * multiplier
+        return draws.uniform_column() < self._p * multiplier
 
-    def _geometry(self, n, height, width, device):
-        """Output->input maps (in centred pixel units) of the blit part and of the whole transformation, and
-        which samples need each. Operations are composed in NVlabs' order."""
+    def _geometry(self, n, height, width, draws: _Draws):
+        """Output->input maps (in centred pixel units, float64 [n, 3, 3]) of the blit part and of the whole
+        transformation, and which samples need each. Operations are composed in NVlabs' order. Every
+        operation reads its columns of `draws` whether it is on or not, so the numbers each one gets do not
+        depend on the others."""
         blit = []  # factors of the blit map, composed at the end
-        needs_blit = torch.zeros([n], dtype=torch.bool, device=device)
+        needs_blit = np.zeros(n, dtype=bool)
+        flip = np.floor(draws.uniform_column() * 2)
+        applied = self._chance(self.xflip, draws)
         if self.xflip:
-            flip = torch.floor(torch.rand([n], device=device) * 2)
-            flip = torch.where(self._chance(self.xflip, n, device), flip, torch.zeros_like(flip))
-            blit.append(_scale2d(1 - 2 * flip, torch.ones_like(flip)))
+            flip = np.where(applied, flip, 0.0)
+            blit.append(_scale2d(1 - 2 * flip, np.ones_like(flip)))
             needs_blit |= flip != 0
+        turns = np.floor(draws.uniform_column() * 4).astype(np.int64)
+        applied = self._chance(self.rotate90, draws)
         if self.rotate90:
             if height != width:
                 raise UserError(f"rotate90 needs square images, got {height}x{width} px.",
                                 "Use square training images (prepare makes them square) or set rotate90=0.")
-            turns = torch.floor(torch.rand([n], device=device) * 4).long()
-            turns = torch.where(self._chance(self.rotate90, n, device), turns, torch.zeros_like(turns))
+            turns = np.where(applied, turns, 0)
             # Inverse map of a turn by k quarters is a turn by -k quarters.
             blit.append(_quarter_turns2d((4 - turns) % 4))
             needs_blit |= turns != 0
+        shift = (np.stack([draws.uniform_column(), draws.uniform_column()], axis=1) * 2 - 1) * self.xint_max
+        applied = self._chance(self.xint, draws)
         if self.xint:
-            shift = (torch.rand([n, 2], device=device) * 2 - 1) * self.xint_max
-            shift = torch.where(self._chance(self.xint, n, device).unsqueeze(1), shift, torch.zeros_like(shift))
-            shift_x, shift_y = torch.round(shift[:, 0] * width), torch.round(shift[:, 1] * height)
+            shift = np.where(applied[:, None], shift, 0.0)
+            shift_x, shift_y = np.round(shift[:, 0] * width), np.round(shift[:, 1] * height)
             blit.append(_translate2d(-shift_x, -shift_y))
             needs_blit |= (shift_x != 0) | (shift_y != 0)
 
         geom = []  # factors of the general geometric map
-        needs_geom = torch.zeros([n], dtype=torch.bool, device=device)
+        needs_geom = np.zeros(n, dtype=bool)
+        factor = np.exp2(draws.normal_column() * self.scale_std)
+        applied = self._chance(self.scale, draws)
         if self.scale:
-            factor = torch.exp2(torch.randn([n], device=device) * self.scale_std)
-            applied = self._chance(self.scale, n, device)
-            factor = torch.where(applied, factor, torch.ones_like(factor))
+            factor = np.where(applied, factor, 1.0)
             geom.append(_scale2d(1 / factor, 1 / factor))
             needs_geom |= applied
         # The arbitrary rotation happens twice, before and after the anisotropic scaling, so that the latter
         # stretches along a random axis; each gets the probability that makes "at least one" equal p*rotate.
-        rotate_chance = 1 - math.sqrt(max(1 - self.rotate * float(self.p), 0.0)) if self.rotate else 0.0
-        if self.rotate:
-            needs_geom = self._random_rotation(geom, needs_geom, rotate_chance, n, device)
+        rotate_chance = 1 - math.sqrt(max(1 - self.rotate * self._p, 0.0)) if self.rotate else 0.0
+        needs_geom = self._random_rotation(geom if self.rotate else [], needs_geom, rotate_chance, draws)
+        factor = np.exp2(draws.normal_column() * self.aniso_std)
+        applied = self._chance(self.aniso, draws)
         if self.aniso:
-            factor = torch.exp2(torch.randn([n], device=device) * self.aniso_std)
-            applied = self._chance(self.aniso, n, device)
-            factor = torch.where(applied, factor, torch.ones_like(factor))
+            factor = np.where(applied, factor, 1.0)
             geom.append(_scale2d(1 / factor, factor))
             needs_geom |= applied
-        if self.rotate:
-            needs_geom = self._random_rotation(geom, needs_geom, rotate_chance, n, device)
+        needs_geom = self._random_rotation(geom if self.rotate else [], needs_geom, rotate_chance, draws)
+        shift = np.stack([draws.normal_column(), draws.normal_column()], axis=1) * self.xfrac_std
+        applied = self._chance(self.xfrac, draws)
         if self.xfrac:
-            shift = torch.randn([n, 2], device=device) * self.xfrac_std
-            applied = self._chance(self.xfrac, n, device)
-            shift = torch.where(applied.unsqueeze(1), shift, torch.zeros_like(shift))
+            shift = np.where(applied[:, None], shift, 0.0)
             geom.append(_translate2d(-shift[:, 0] * width, -shift[:, 1] * height))
             needs_geom |= applied
-        blit, geom = _compose(blit, n, device), _compose(geom, n, device)
+        blit, geom = _compose(blit, n), _compose(geom, n)
         return blit, blit @ geom, needs_blit & ~needs_geom, needs_geom
 
-    def _color_matrix(self, n, device):
-        """4x4 colour matrices acting on homogeneous RGB, and which samples they change."""
-        matrix = _identity(n, 4, device)
-        changed = torch.zeros([n], dtype=torch.bool, device=device)
-        axis = torch.tensor([*_LUMA_AXIS, 0.0], device=device)
-        axis_outer = torch.outer(axis, axis)  # projector onto grey
+    def _color_matrix(self, n, draws: _Draws):
+        """4x4 colour matrices (float64 [n, 4, 4]) acting on homogeneous RGB, and which samples they change."""
+        matrix = _compose([], n, 4)
+        changed = np.zeros(n, dtype=bool)
+        axis = np.array([*_LUMA_AXIS, 0.0])
+        axis_outer = np.outer(axis, axis)  # projector onto grey
+        offset = draws.normal_column() * self.brightness_std
+        applied = self._chance(self.brightness, draws)
         if self.brightness:
-            offset = torch.randn([n], device=device) * self.brightness_std
-            applied = self._chance(self.brightness, n, device)
-            offset = torch.where(applied, offset, torch.zeros_like(offset))
-            step = _identity(n, 4, device)
-            step[:, :3, 3] = offset.unsqueeze(1)
+            step = _compose([], n, 4)
+            step[:, :3, 3] = np.where(applied, offset, 0.0)[:, None]
             matrix = step @ matrix
             changed |= applied
+        factor = np.exp2(draws.normal_column() * self.contrast_std)
+        applied = self._chance(self.contrast, draws)
         if self.contrast:
-            factor = torch.exp2(torch.randn([n], device=device) * self.contrast_std)
-            applied = self._chance(self.contrast, n, device)
-            factor = torch.where(applied, factor, torch.ones_like(factor))
-            step = _identity(n, 4, device)
-            step[:, :3, :3] *= factor.view(n, 1, 1)
+            step = _compose([], n, 4)
+            step[:, :3, :3] *= np.where(applied, factor, 1.0)[:, None, None]
             matrix = step @ matrix
             changed |= applied
+        flip = np.floor(draws.uniform_column() * 2)
+        applied = self._chance(self.lumaflip, draws)
         if self.lumaflip:
-            flip = torch.floor(torch.rand([n], device=device) * 2)
-            flip = torch.where(self._chance(self.lumaflip, n, device), flip, torch.zeros_like(flip))
+            flip = np.where(applied, flip, 0.0)
             # Householder reflection through the plane orthogonal to grey: inverts luminance, keeps hue.
-            matrix = (_identity(n, 4, device) - 2 * axis_outer * flip.view(n, 1, 1)) @ matrix
+            matrix = (np.eye(4) - 2 * axis_outer * flip[:, None, None]) @ matrix
             changed |= flip != 0
+        theta = (draws.uniform_column() * 2 - 1) * math.pi * self.hue_max
+        applied = self._chance(self.hue, draws)
         if self.hue:
-            theta = (torch.rand([n], device=device) * 2 - 1) * math.pi * self.hue_max
-            applied = self._chance(self.hue, n, device)
-            theta = torch.where(applied, theta, torch.zeros_like(theta))
+            theta = np.where(applied, theta, 0.0)
             # Rotation about the grey axis (Rodrigues' formula).
-            cross = torch.zeros(4, 4, device=device)
             a = _LUMA_AXIS[0]
-            cross[0, 1], cross[0, 2], cross[1, 0], cross[1, 2], cross[2, 0], cross[2, 1] = -a, a, a, -a, -a, a
-            cos, sin = torch.cos(theta).view(n, 1, 1), torch.sin(theta).view(n, 1, 1)
-            rotation = _identity(n, 4, device)
-            rotation[:, :3, :3] = (cos * torch.eye(3, device=device) + sin * cross[:3, :3]
-                                   + (1 - cos) * axis_outer[:3, :3])
+            cross = np.array([[0.0, -a, a], [a, 0.0, -a], [-a, a, 0.0]])
+            cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+            rotation = _compose([], n, 4)
+            rotation[:, :3, :3] = cos * np.eye(3) + sin * cross + (1 - cos) * axis_outer[:3, :3]
             matrix = rotation @ matrix
             changed |= applied
+        factor = np.exp2(draws.normal_column() * self.saturation_std)
+        applied = self._chance(self.saturation, draws)
         if self.saturation:
-            factor = torch.exp2(torch.randn([n], device=device) * self.saturation_std)
-            applied = self._chance(self.saturation, n, device)
-            factor = torch.where(applied, factor, torch.ones_like(factor))
-            step = axis_outer + (torch.eye(4, device=device) - axis_outer) * factor.view(n, 1, 1)
+            factor = np.where(applied, factor, 1.0)
+            step = axis_outer + (np.eye(4) - axis_outer) * factor[:, None, None]
             step[:, 3, 3] = 1
             matrix = step @ matrix
             changed |= applied
@@ -392,22 +412,37 @@ class AugmentPipe(torch.nn.Module):
     def _augment(self, images):
         n, _channels, height, width = images.shape
         device = images.device
-        if any(getattr(self, name) for name in _OPERATIONS[:7]):
-            blit, full, blit_only, needs_geom = self._geometry(n, height, width, device)
+        geometric, colour = any(getattr(self, name) for name in _OPERATIONS[:7]), \
+            any(getattr(self, name) for name in _OPERATIONS[7:])
+        if not (geometric or colour):
+            return images
+        draws = _Draws(n, device)
+        self._p = float(self.p)  # one read of the buffer per pass (on a GPU, one sync) for all the chances
+
+        def to_device(array):
+            return torch.from_numpy(array).to(device=device, dtype=torch.float32)
+
+        # The maps are drawn whether or not the geometric or colour part is on, so that each part's numbers do
+        # not depend on the other.
+        blit, full, blit_only, needs_geom = self._geometry(n, height, width, draws)
+        matrix, changed = self._color_matrix(n, draws)
+        if geometric:
             # Only the samples that change are touched; index_copy keeps the gradient path to the rest.
-            index = blit_only.nonzero().squeeze(1)
-            if index.numel():
-                images = images.index_copy(0, index, _blit(images.index_select(0, index), blit[index]))
-            index = needs_geom.nonzero().squeeze(1)
-            if index.numel():
-                resampled = _resample(images.index_select(0, index), full[index], self.supersample)
-                images = images.index_copy(0, index, resampled.to(images.dtype))
-        if any(getattr(self, name) for name in _OPERATIONS[7:]):
-            matrix, changed = self._color_matrix(n, device)
-            index = changed.nonzero().squeeze(1)
-            if index.numel():
-                images = images.index_copy(0, index, self._apply_color(images.index_select(0, index),
-                                                                       matrix[index]))
+            index = np.flatnonzero(blit_only)
+            if len(index):
+                index_t = torch.from_numpy(index).to(device)
+                images = images.index_copy(0, index_t, _blit(images.index_select(0, index_t), to_device(blit[index])))
+            index = np.flatnonzero(needs_geom)
+            if len(index):
+                index_t = torch.from_numpy(index).to(device)
+                resampled = _resample(images.index_select(0, index_t), to_device(full[index]), self.supersample)
+                images = images.index_copy(0, index_t, resampled.to(images.dtype))
+        if colour:
+            index = np.flatnonzero(changed)
+            if len(index):
+                index_t = torch.from_numpy(index).to(device)
+                images = images.index_copy(0, index_t, self._apply_color(images.index_select(0, index_t),
+                                                                         to_device(matrix[index])))
         return images
 
 

@@ -30,9 +30,8 @@ PHASES = ("Gmain", "Greg", "Gboth", "Dmain", "Dreg", "Dboth")
 
 
 @contextlib.contextmanager
-def _frozen(module):
-    """Temporarily stop `module`'s parameters from collecting gradients (gradients still flow through it)."""
-    params = list(module.parameters())
+def _frozen(params):
+    """Temporarily stop these parameters from collecting gradients (gradients still flow through them)."""
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
@@ -84,6 +83,7 @@ class StyleGAN2Loss:
                             "Use pl_batch_shrink >= 1 and pl_decay in [0, 1] (defaults 2 and 0.01).")
         self.G = G
         self.D = D
+        self._D_params = list(D.parameters())  # listed once: walking D's modules each G phase costs ~0.3 ms
         self.augment_pipe = augment_pipe
         self.r1_gamma = float(r1_gamma)
         self.style_mixing_prob = float(style_mixing_prob)
@@ -131,7 +131,7 @@ class StyleGAN2Loss:
             (scaler.scale(loss) if scaler is not None else loss).backward()
 
         if do_Gmain or do_Gpl:
-            with _frozen(self.D):
+            with _frozen(self._D_params):
                 if do_Gmain:
                     gen_img, _ = self.run_G(gen_z, gen_c)
                     gen_logits = self.run_D(gen_img, gen_c)

@@ -70,14 +70,18 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
     scale = None  # per-sample, per-output-channel factor after the convolution, [N, O]
     if demodulate:
         # 1 / |w_n,o| of the modulated weight w_n,o,i,k = weight_o,i,k * s_n,i, without building the
-        # [N, O, I, k, k] tensor: |w_n,o|^2 = sum_i s_n,i^2 * sum_k weight_o,i,k^2 (a small matmul).
-        scale = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
-        if out_gain != 1:
-            scale = scale * out_gain
-    # out_gain * (noise + bias), each term scaled while it is small ([N, 1, H, W] and [1, O, 1, 1])
+        # [N, O, I, k, k] tensor: |w_n,o|^2 = sum_i s_n,i^2 * sum_k weight_o,i,k^2 (a small matmul). With
+        # out_gain g inside: g / sqrt(q + eps) = 1 / sqrt(q / g^2 + eps / g^2), one addmm and one rsqrt where
+        # matmul, add, rsqrt and multiply were four ops (and four backward nodes) in every layer of every pass.
+        inverse_square_gain = 1.0 / (out_gain * out_gain)
+        scale = torch.addmm(_constant(1e-8 * inverse_square_gain, styles), styles.square(),
+                            weight.square().sum(dim=[2, 3]).t(), alpha=inverse_square_gain).rsqrt()
+    # out_gain * (noise + bias), each term scaled while it is small ([N, 1, H, W] and [1, O, 1, 1]); the noise's
+    # gain joins its sum with the output below where that is an op fewer.
+    noise_gain = 1.0
     if noise is not None:
         noise = noise.to(x.dtype)
-        noise = noise * out_gain if out_gain != 1 else noise
+        noise_gain = out_gain
     if bias is not None:
         bias = bias.to(x.dtype).reshape(1, -1, 1, 1)
         bias = bias * out_gain if out_gain != 1 else bias
@@ -93,7 +97,9 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
         elif bias is not None:
             x = x + bias
         # Two passes over the output (scale-and-bias, noise) where a broadcast sum of noise and bias took three.
-        return x if noise is None else x + noise
+        return x if noise is None else torch.add(x, noise, alpha=noise_gain)
+    if noise is not None and noise_gain != 1:
+        noise = noise * noise_gain
     shift = noise if bias is None else bias if noise is None else noise + bias
     w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)  # per-sample weights [N, O, I, k, k]
     if scale is not None:
@@ -105,6 +111,17 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_fi
     x = x.reshape(batch, -1, *x.shape[2:])
     return x if shift is None else x + shift
 
+
+
+_constants: dict = {}
+
+
+def _constant(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor holding `value` on like's device and in its dtype, made once (an addmm's additive term)."""
+    key = (value, like.device, like.dtype)
+    if key not in _constants:
+        _constants[key] = torch.tensor(value, device=like.device, dtype=like.dtype)
+    return _constants[key]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -123,16 +140,29 @@ class FullyConnectedLayer(torch.nn.Module):
         self.weight_gain = lr_multiplier / math.sqrt(in_features)  # equalised learning rate
         self.bias_gain = lr_multiplier
 
-    def forward(self, x):
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
-        if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        return ops.bias_act(x.matmul(w.t()), b, act=self.activation)
+    def forward(self, x, gain=1.0):
+        """x @ (weight * weight_gain)^T + bias * bias_gain, activated, all times `gain` (> 0; ToRGB's weight gain
+        rides here). The gains are addmm's scalar factors rather than products of their own: a tensor op
+        fewer per gain, forward and backward, in every style affine of every training step."""
+        w = self.weight.to(x.dtype)
+        if self.activation == "linear" and self.bias is not None:
+            return torch.addmm(self.bias.to(x.dtype).unsqueeze(0), x, w.t(), beta=self.bias_gain * gain,
+                               alpha=self.weight_gain * gain)
+        if self.activation == "linear":
+            return x.matmul(w.t()) * (self.weight_gain * gain)
+        # act(g * y) == g * act(y) for the piecewise-linear activations (g > 0): the activation's gain joins
+        # the others, so what is left is the bare activation.
+        act_gain = ops.ACTIVATION_GAINS[self.activation] * gain
+        if self.bias is None:
+            y = x.matmul(w.t()) * (self.weight_gain * act_gain)
+        else:
+            y = torch.addmm(self.bias.to(x.dtype).unsqueeze(0), x, w.t(), beta=self.bias_gain * act_gain,
+                            alpha=self.weight_gain * act_gain)
+            if y.dtype != self.bias.dtype:
+                # Under autocast addmm answers in half precision; the bias used to be added afterwards, in float32,
+                # and the activated output (the mapping network's w) stays float32 as it was.
+                y = y.to(torch.promote_types(y.dtype, self.bias.dtype))
+        return ops.activate(y, self.activation, None)
 
 
 class Conv2dLayer(torch.nn.Module):
@@ -300,7 +330,7 @@ class ToRGBLayer(torch.nn.Module):
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
 
     def forward(self, x, w, fused_modconv=True):
-        styles = self.affine(w) * self.weight_gain
+        styles = self.affine(w, gain=self.weight_gain)
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv, bias=self.bias)
         return ops.clamp_to(x, self.conv_clamp)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import platform
+import weakref
 from typing import Optional
 
 import torch
@@ -50,10 +51,54 @@ def _parse_padding(padding):
     return tuple(padding)
 
 
-def _depthwise(f: torch.Tensor, channels: int, dtype) -> torch.Tensor:
+# The depthwise kernels made from each filter, kept while the filter lives: a filter is a buffer that does not
+# change, and building its kernel (scale, expand, copy, flip) was five tensor ops in every resampling of every
+# layer of every pass, ~1 ms of a ~60 ms training step of a tiny network on a CPU. Keyed by the filter
+# tensor itself (by identity, held weakly, so a freed filter takes its kernels with it; not a WeakKeyDictionary,
+# which compares keys with ==, elementwise for tensors) and by its version counter, which any in-place change
+# of its values (loading a state) moves on.
+_derived: dict = {}  # id(source) -> (weak reference to source, its version, {key: derived tensor})
+
+
+def _derived_tensor(source: torch.Tensor, key: tuple, make) -> torch.Tensor:
+    """make() (a tensor computed from `source` alone), remembered under `key` until `source` changes or dies."""
+    if source.requires_grad or source.is_inference():
+        # A tensor being learnt (none of these filters is), or one made under torch.inference_mode (which has
+        # no version counter to tell a change by): derived afresh each time.
+        return make()
+    entry = _derived.get(id(source))
+    if entry is None or entry[0]() is not source or entry[1] != source._version:
+        ident = id(source)
+
+        def forget(ref, ident=ident, table=_derived):
+            # The source is gone, so are its derived tensors (unless its id was reused meanwhile). The table is
+            # bound here: at interpreter exit the module's globals are already None when the last filters die.
+            if table.get(ident, (None,))[0] is ref:
+                del table[ident]
+
+        entry = _derived[ident] = (weakref.ref(source, forget), source._version, {})
+    made = entry[2]
+    if key not in made:
+        made[key] = make()
+    return made[key]
+
+
+def _depthwise(f: torch.Tensor, channels: int, dtype, gain: float = 1.0, flip: bool = False) -> torch.Tensor:
+    """The [C, 1, kh, kw] depthwise kernel of filter f times gain (flipped: a true convolution by conv2d)."""
+    return _derived_tensor(f, ("depthwise", channels, dtype, float(gain), flip),
+                           lambda: _make_depthwise(f, channels, dtype, gain, flip))
+
+
+def _flipped(kernel: torch.Tensor) -> torch.Tensor:
+    """kernel with its taps reversed in both axes (the adjoint's kernel), made once per kernel."""
+    return _derived_tensor(kernel, ("flipped",), lambda: kernel.flip([2, 3]))
+
+
+def _make_depthwise(f, channels, dtype, gain, flip):
     # A real (contiguous) [C, 1, kh, kw] tensor, not an expanded view: oneDNN's depthwise kernels take a slow
     # path for the zero-stride view (4x512x32x32, 4x4 taps, padding 2: forward 11.7 -> 2.5 ms on one core).
-    return f.to(dtype)[None, None].expand(channels, 1, *f.shape).contiguous()
+    kernel = (f.detach() * gain).to(dtype)[None, None].expand(channels, 1, *f.shape).contiguous()
+    return kernel.flip([2, 3]) if flip else kernel
 
 
 def upfirdn2d(x, f, up=1, down=1, padding=0, gain=1.0):
@@ -70,10 +115,10 @@ def upfirdn2d(x, f, up=1, down=1, padding=0, gain=1.0):
             return torch.matmul(rows, torch.matmul(x, cols))
     channels = x.shape[1]
     fh, fw = f.shape
-    kernel = _depthwise(f * gain, channels, x.dtype)
     if up == 1:
         # conv2d is a correlation: flip the taps to get a convolution.
-        return _DepthwiseFIR.apply(x, kernel.flip([2, 3]), down, (px0, px1, py0, py1))
+        return _DepthwiseFIR.apply(x, _depthwise(f, channels, x.dtype, gain, flip=True), down, (px0, px1, py0, py1))
+    kernel = _depthwise(f, channels, x.dtype, gain)
     if down != 1:
         raise ValueError("upfirdn2d: upsampling and downsampling in one call is not needed here")
     # conv_transpose2d(x, f, stride=up) is the full convolution of the zero-stuffed x with f; NVlabs'
@@ -110,7 +155,7 @@ class _DepthwiseFIR(torch.autograd.Function):
             # Adjoint of (pad, correlate): correlate with the flipped kernel, padded by (k - 1 - pad).
             kh, kw = kernel.shape[2:]
             pads = (kw - 1 - px0, kw - 1 - px1, kh - 1 - py0, kh - 1 - py1)
-            return _DepthwiseFIR.apply(grad, kernel.flip([2, 3]), 1, pads), None, None, None
+            return _DepthwiseFIR.apply(grad, _flipped(kernel), 1, pads), None, None, None
         return _DepthwiseFIRTranspose.apply(grad, kernel, ctx.down, ctx.pads, ctx.size), None, None, None
 
 

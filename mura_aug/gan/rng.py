@@ -31,7 +31,14 @@ def derived_seed(seed: int, *key: int) -> int:
 
 def seed_chunk(seed: int, iteration: int, phase: int, chunk: int) -> None:
     """Seed torch's global generators (CPU and CUDA) for one chunk of one phase of one iteration."""
-    torch.manual_seed(derived_seed(seed, iteration, DRAW_CHUNK, phase, chunk))
+    value = derived_seed(seed, iteration, DRAW_CHUNK, phase, chunk)
+    # Not torch.manual_seed: before CUDA starts, that queues the CUDA seeding together with a formatted stack
+    # trace of the caller, ~1 ms per call, twice or more per training step of a CPU run (a CUDA build of
+    # torch, as pip installs, on a machine without a GPU). A CUDA run has started CUDA before its first
+    # chunk, so its generators are seeded here all the same.
+    torch.default_generator.manual_seed(value)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(value)
 
 
 def draw_latents(seed: int, iteration: int, num_phases: int, batch_size: int, z_dim: int, c_dim: int, labels):
