@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import site
 import subprocess
 import sys
@@ -100,3 +101,16 @@ def test_notebook_01_runs_from_the_installed_package_on_demo_data(installed):
     assert executed.is_file()
     assert sorted(p.name for p in (workspace / "data" / "datasets").glob("*.zip")) == [
         "XR_SHOULDER_negative_16.zip", "XR_SHOULDER_positive_16.zip"]
+
+
+@pytest.mark.parametrize("variable, inside", [("VENV", "bin/python"), ("WORKSPACE", "data/tables/train.csv")])
+def test_what_make_creates_in_the_checkout_is_ignored_by_git(variable, inside):
+    """`make demo` and `make test` create the Makefile's VENV and WORKSPACE inside the checkout; `git status`
+    must not offer either for committing (Python 3.11's venv writes no .gitignore of its own)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    default = re.search(rf"^{variable} \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert default, f"the Makefile no longer sets a default {variable}"
+    path = f"{default.group(1).rstrip('/')}/{inside}"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT)
+    assert ignored.returncode == 0, f"{path} is not ignored by .gitignore"
