@@ -1,6 +1,6 @@
 """Which torch device a stage runs on, which reduced precision it uses there, what running out of GPU memory
-looks like, how a CPU training call keeps its freed memory, and whether an in-memory array fits
-(`require_memory`): one rule for every stage, so "auto" and the errors read the same."""
+looks like, how a CPU training call keeps its freed memory, how a CUDA one sets cuDNN and TF32, and whether
+an in-memory array fits (`require_memory`): one rule for every stage, so "auto" and the errors read the same."""
 from __future__ import annotations
 
 import contextlib
@@ -226,6 +226,37 @@ def reuse_freed_cpu_memory(device):
         libc.mallopt(_M_MMAP_MAX, min(mmap_max, _MALLOPT_LIMIT))
         libc.mallopt(_M_TRIM_THRESHOLD, min(trim_threshold, _MALLOPT_LIMIT))
         libc.malloc_trim(0)
+
+
+# --- the CUDA libraries during training ---------------------------------------------------------------------
+
+@contextlib.contextmanager
+def cuda_training_backends(device):
+    """While training on a CUDA GPU, the CUDA libraries set as NVIDIA's StyleGAN2-ADA training loop sets them.
+
+    - cuDNN's benchmark mode: each convolution shape's fastest algorithm is searched at its first use, so the
+      first steps of a run are slower (on an H200 at 256 px the first fp32 step took about a minute,
+      bench/results/gpu_NVIDIA_H200.md) and every later one is faster. Left as it is where the caller has
+      switched cuDNN's deterministic mode on (a reproducibility choice, as the GPU resume test makes).
+    - No TF32 in float32 convolutions and matrix products (torch allows it in convolutions by default):
+      NVIDIA turns it off for numerical accuracy (TF32 keeps 10 of float32's 23 mantissa bits), so a float32
+      run does the same sums as theirs; reduced precision is the `amp` setting's choice alone.
+
+    The flags belong to the whole process (a notebook's other work too), so they are held for the call it
+    wraps and restored on leaving. Yields what was set, for the log; a no-op (yielding None) on other devices."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        yield None
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.benchmark = cudnn.benchmark or not cudnn.deterministic
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield {"cudnn_benchmark": cudnn.benchmark, "cudnn_deterministic": cudnn.deterministic, "tf32": False}
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 # --- memory ------------------------------------------------------------------------------------------------

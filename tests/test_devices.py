@@ -1,5 +1,6 @@
 """One device rule for every stage (mura_aug.devices): the device, mixed precision, and the CPU allocator
-setting of a training call (scoped to the call, the start values restored)."""
+setting of a training call and the CUDA libraries' flags of one (each scoped to the call, the start values
+restored)."""
 import ctypes
 import json
 import os
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from mura_aug.devices import (AMP_MODES, GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM_THRESHOLD,
-                              glibc_malloc_start_settings, is_out_of_memory, out_of_memory_line, precision,
+                              cuda_training_backends, glibc_malloc_start_settings, is_out_of_memory, out_of_memory_line, precision,
                               resolve_device, reuse_freed_cpu_memory)
 from mura_aug.errors import UserError
 
@@ -166,3 +167,42 @@ def test_a_training_call_restores_the_allocator_settings_the_process_started_wit
     # nominal defaults instead would mmap the block and give the freed heap back).
     assert _after_training(environment) == {"mmapped": False, "trimmed": False}
     assert _after_training({}) == {"mmapped": True, "trimmed": False}  # the defaults: mmap'ed, so no heap
+
+
+# --- cuDNN and TF32 during a CUDA training call (the flags are plain process settings: no GPU needed) -------
+
+@pytest.fixture
+def backend_flags():
+    """torch's cuDNN / TF32 flags as a test found them, put back after it whatever it did."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32
+    yield cudnn, matmul
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
+def test_cuda_training_sets_nvidias_flags_and_restores_the_callers(backend_flags):
+    cudnn, matmul = backend_flags
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = False, False, True, True
+    with cuda_training_backends("cuda:0") as backends:
+        assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (True, False, False)
+        assert backends == {"cudnn_benchmark": True, "cudnn_deterministic": False, "tf32": False}
+    assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (False, True, True)
+
+
+def test_a_callers_deterministic_cudnn_keeps_benchmark_off(backend_flags):
+    cudnn, _ = backend_flags
+    cudnn.benchmark, cudnn.deterministic = False, True
+    with cuda_training_backends(torch.device("cuda")) as backends:
+        assert cudnn.benchmark is False and cudnn.deterministic is True
+        assert backends["cudnn_benchmark"] is False
+    assert cudnn.benchmark is False
+
+
+def test_cuda_flags_are_restored_after_an_error_and_untouched_on_a_cpu(backend_flags):
+    cudnn, matmul = backend_flags
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = False, False, True, True
+    with pytest.raises(RuntimeError), cuda_training_backends("cuda"):
+        raise RuntimeError("CUDA out of memory")
+    assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (False, True, True)
+    with cuda_training_backends("cpu") as backends:
+        assert backends is None and (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (False, True, True)

@@ -87,8 +87,13 @@ def test_a_short_auto_run_keeps_finite_losses_and_moves_ada_p(amp, tmp_path):
     if amp == "bf16" and not has_native_bf16():
         pytest.skip("bfloat16 is native from compute capability 8.0 (Ampere) on")
     workspace = make_dataset(tmp_path / "ws", res=64, count=16)
+    flags = []  # the CUDA libraries as NVIDIA's loop sets them, during the run only (devices.cuda_training_backends)
     run = train_tiny(workspace, cfg="auto", resolution=64, batch=8, kimg=0.64, kimg_per_tick=0.16, device="cuda",
-                     amp=amp, cpu_ok=True)
+                     amp=amp, cpu_ok=True, on_tick=lambda line: flags.append(
+                         (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32,
+                          torch.backends.cuda.matmul.allow_tf32)))
+    assert set(flags) == {(True, False, False)}
+    assert torch.backends.cudnn.allow_tf32  # torch's default again after the run
     stats = snap.read_stats(run)
     assert len(stats) == 4 and finite(stats)
     # 16 images: D tells them from the fakes within a few dozen steps, r_t rises above 0.6 and p follows

@@ -3,6 +3,7 @@ every part at tiny sizes on the CPU, a failing part ends it with one clear line 
 machine without CUDA the GPU run says so instead of starting."""
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,29 @@ def test_without_cuda_the_gpu_run_says_so_and_what_to_do(tmp_path):
     assert done.returncode == 1
     assert done.stdout.strip().splitlines()[-1].startswith("gpu_check: FAILED (setup): PyTorch sees no CUDA GPU")
     assert "--cpu-smoke" in done.stdout and not list(tmp_path.iterdir())
+
+
+def test_steady_state_leaves_out_the_warm_up_tick_and_a_tick_the_clock_cut(gpu_check):
+    lines = [{"kimg": 0.064, "sec_per_tick": 55.0},  # warm-up: cuDNN's search, kernel loading
+             {"kimg": 0.128, "sec_per_tick": 0.5}, {"kimg": 0.192, "sec_per_tick": 1.5},  # one with R1 in it
+             {"kimg": 0.200, "sec_per_tick": 9.0, "partial": True}]  # cut by max_minutes
+    timed = gpu_check.timed_ticks(lines)
+    assert timed["timed_ticks"] == 2 and timed["warmup_s"] == 55.0
+    assert timed["s_per_kimg"] == pytest.approx(2.0 / 0.128)  # a mean over kimg, not a median of ticks
+    assert gpu_check.timed_ticks(lines[:1] + lines[3:])["s_per_kimg"] is None  # nothing after the warm-up
+
+
+def test_gpu_tests_stopped_by_the_budget_still_say_what_passed(gpu_check, tmp_path, monkeypatch):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_gpu.py").write_text(
+        "import time\nimport pytest\n\n"
+        "@pytest.mark.gpu\ndef test_quick():\n    assert True\n\n"
+        "@pytest.mark.gpu\ndef test_broken():\n    assert False\n\n"
+        "@pytest.mark.gpu\ndef test_endless():\n    time.sleep(120)\n")
+    monkeypatch.setattr(gpu_check, "REPO_ROOT", tmp_path)
+    started = time.perf_counter()
+    result = gpu_check.part_a(gpu_check.CPU_SMOKE_SIZES, 10)
+    assert time.perf_counter() - started < 60  # stopped at its limit, not after the endless test
+    assert result["outcomes"] == {"test_quick": "PASSED", "test_broken": "FAILED"}
+    assert "did not finish within 10 s" in result["error"]
+    assert "1 passed, 1 failed" in result["summary"] and "test_endless was running" in result["summary"]

@@ -40,8 +40,9 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from mura_aug.devices import (accelerator_memory_text, free_accelerator_memory, grad_scaler, is_out_of_memory,
-                              out_of_memory_line, precision, resolve_device, reuse_freed_cpu_memory)
+from mura_aug.devices import (accelerator_memory_text, cuda_training_backends, free_accelerator_memory,
+                              grad_scaler, is_out_of_memory, out_of_memory_line, precision, resolve_device,
+                              reuse_freed_cpu_memory)
 from mura_aug.errors import UserError, os_errors_as_user_errors
 from mura_aug.gan import estimates, rng, snapshot, staging, transfer
 from mura_aug.gan.configs import TrainConfig, make_config
@@ -96,7 +97,11 @@ def _train(workspace, settings: RunSettings, on_tick, on_snapshot, log: Log) -> 
         log("metrics_every is set, but no on_snapshot measures anything: no metrics in stats.jsonl")
     run = _Run(workspace, start, device, dist, on_tick, on_snapshot, log, started)
     try:
-        with reuse_freed_cpu_memory(device), os_errors_as_user_errors(f"training {start.run_dir.name}"):
+        with reuse_freed_cpu_memory(device), cuda_training_backends(device) as backends, \
+                os_errors_as_user_errors(f"training {start.run_dir.name}"):
+            if backends is not None:
+                log(f"cuDNN benchmark {'on' if backends['cudnn_benchmark'] else 'off (deterministic mode)'}, "
+                    "no TF32 in float32 (as NVIDIA's training loop)")
             run_dir = run.run()
     finally:
         run.lock.release()
