@@ -175,8 +175,9 @@ def test_an_error_that_is_not_out_of_memory_is_not_retried(tmp_path, monkeypatch
 def test_compile_trains_the_regularisers_eagerly_and_gives_the_eager_losses(tmp_path, monkeypatch):
     """--compile used to compile D for R1 too, and R1 differentiates twice, which torch.compile refuses
     ("does not currently support double backward") at the first D reg step. The aot_eager backend runs the
-    same tracing and autograd as a GPU's inductor without generating kernels, so on a CPU the losses are
-    exactly the eager ones."""
+    same tracing and autograd as a GPU's inductor without generating kernels, so on a CPU the losses are the
+    eager ones to float rounding: while tracing, the FIR upsampling is a transposed convolution instead of
+    the CPU's cached matrix products (ops._compiling; 4.6e-7 relative at most, measured)."""
     import functools
 
     eager = train_tiny(make_dataset(tmp_path / "eager"), kimg=TICK_KIMG)
@@ -184,4 +185,7 @@ def test_compile_trains_the_regularisers_eagerly_and_gives_the_eager_losses(tmp_
     compiled = train_tiny(make_dataset(tmp_path / "compiled"), kimg=TICK_KIMG, compile=True)
     stats = without_timings(snap.read_stats(compiled))
     assert "loss_r1" in stats[0] and finite_losses(stats)
-    assert stats == without_timings(snap.read_stats(eager))
+    eager_stats = without_timings(snap.read_stats(eager))
+    assert len(stats) == len(eager_stats)
+    for mine, theirs in zip(stats, eager_stats):
+        assert mine == pytest.approx(theirs, rel=1e-5)

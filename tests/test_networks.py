@@ -289,3 +289,29 @@ def test_half_precision_blocks_stay_close_to_fp32(monkeypatch):
     assert not torch.equal(img16, img32)  # the float16 blocks really ran
     force32 = G(z, c, noise_mode="const", force_fp32=True)
     assert torch.allclose(force32, img32, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", ["tiny", "auto"])
+def test_torch_compile_sees_each_network_whole(cfg):
+    """--compile compiles G.mapping, G.synthesis and D as the loss calls them; each must trace into one graph.
+    A graph break (the FIR kernel caches, a numpy gain reaching a branch, a file read) makes dynamo compile
+    the rest of each layer apart and recompile it per layer shape until its limit, after which it runs
+    eagerly: on an H200 that is what --compile did (bench/results/gpu_NVIDIA_H200.md)."""
+    import torch._dynamo as dynamo
+
+    from mura_aug.gan.configs import make_config
+
+    config = make_config(cfg, 32)
+    G, D = Generator(**config.G_kwargs), Discriminator(**config.D_kwargs)
+    z, c = torch.randn(4, G.z_dim), torch.zeros(4, G.c_dim)
+    ws = G.mapping(z, c)
+    img = G.synthesis(ws, noise_mode="random")
+    calls = {"G.mapping": (G.mapping, (z, c), {"update_emas": True}),
+             "G.synthesis": (G.synthesis, (ws,), {"noise_mode": "random"}),
+             "D": (D, (img.detach().requires_grad_(True), c), {})}
+    for name, (network, args, kwargs) in calls.items():
+        dynamo.reset()
+        explained = dynamo.explain(network)(*args, **kwargs)
+        reasons = [reason.reason.splitlines()[0] for reason in explained.break_reasons]
+        assert explained.graph_break_count == 0 and explained.graph_count == 1, (name, reasons)
+    dynamo.reset()

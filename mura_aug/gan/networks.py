@@ -525,9 +525,10 @@ class DiscriminatorBlock(torch.nn.Module):
             y = self.fromrgb(img)
             x = x + y if x is not None else y
             img = None
-        y = self.skip(x, gain=np.sqrt(0.5))
+        # Python floats, not numpy's (the same double): torch.compile cannot branch on a numpy number in clamp_to
+        y = self.skip(x, gain=math.sqrt(0.5))
         x = self.conv0(x)
-        x = self.conv1(x, gain=np.sqrt(0.5))
+        x = self.conv1(x, gain=math.sqrt(0.5))
         return y + x, img
 
 
@@ -585,7 +586,7 @@ class DiscriminatorEpilogue(torch.nn.Module):
         x = self.fc(x.flatten(1))
         x = self.out(x)
         if cmap is not None:  # projection discriminator: score = <features, class embedding> / sqrt(dim)
-            x = (x * cmap).sum(dim=1, keepdim=True) * (1 / np.sqrt(self.cmap_dim))
+            x = (x * cmap).sum(dim=1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
         return x
 
 

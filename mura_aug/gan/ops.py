@@ -24,6 +24,21 @@ import torch.nn.functional as F
 
 from mura_aug.gan import winograd
 
+
+def _tracing_check():
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
+    return check if check is not None else getattr(torch._dynamo, "is_compiling", lambda: False)
+
+
+# Whether torch.compile is tracing this call. The caches below are plain Python (dicts keyed by tensor identity,
+# version counters, `tolist()` of filter taps): dynamo cannot trace them and breaks the graph at each (72 breaks
+# in `tiny`'s synthesis network and D), and after a break it compiles each layer's remaining code apart,
+# recompiling per layer shape until its limit (on an H200 it then gave up and ran them eagerly). While tracing,
+# the derived tensors are computed inside the graph instead, where the compiler folds them. Looked up once:
+# it is asked hundreds of times per training step.
+_compiling = _tracing_check()
+
+
 LRELU_SLOPE = 0.2  # leaky ReLU negative slope, as in NVlabs' bias_act
 ACTIVATION_GAINS = {"linear": 1.0, "relu": math.sqrt(2), "lrelu": math.sqrt(2)}  # keeps unit variance
 
@@ -62,6 +77,8 @@ _derived: dict = {}  # id(source) -> (weak reference to source, its version, {ke
 
 def _derived_tensor(source: torch.Tensor, key: tuple, make) -> torch.Tensor:
     """make() (a tensor computed from `source` alone), remembered under `key` until `source` changes or dies."""
+    if _compiling():
+        return make()
     if source.requires_grad or source.is_inference():
         # A tensor being learnt (none of these filters is), or one made under torch.inference_mode (which has
         # no version counter to tell a change by): derived afresh each time.
@@ -193,7 +210,9 @@ _fir_cache: dict = {}
 
 
 def _fir_as_matrices(x) -> bool:
-    return CPU_SEPARABLE_FIR and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    # Not while torch.compile traces: the matrices' cache reads the filter's taps as Python numbers.
+    return CPU_SEPARABLE_FIR and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and \
+        not _compiling()
 
 
 def _fir_1d(taps, size: int, up: int, down: int, pad0: int, pad1: int, gain: float) -> torch.Tensor:
@@ -368,6 +387,11 @@ CPU_CHANNELS_LAST: Optional[bool] = None
 _CHANNELS_LAST_CPU_VENDORS = ("AMD",)  # cpu_vendor() values
 
 
+# torch.compile calls it once while tracing and keeps the answer (it cannot trace cpu_vendor's file read).
+_constant_while_compiling = getattr(getattr(torch, "compiler", None), "assume_constant_result", lambda fn: fn)
+
+
+@_constant_while_compiling
 def cpu_channels_last() -> bool:
     """Whether float32 blocks run channels-last on this CPU (CPU_CHANNELS_LAST, else the vendor rule)."""
     if CPU_CHANNELS_LAST is not None:
