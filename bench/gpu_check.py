@@ -35,7 +35,6 @@ import math
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -221,16 +220,16 @@ def timed_ticks(lines: List[dict]) -> Dict[str, Any]:
     """Warm-up and steady state from a run's tick lines: the first tick holds the warm-up (cuDNN's algorithm
     search, kernel loading, compilation); s/kimg is the seconds of the complete ticks after it over their
     kimg (a mean, so a tick with R1 in it counts as much as it costs); a tick a time limit cut is left out."""
-    complete = [line for line in lines if not line.get("partial")]
-    timed = complete[1:]
-    kimg_of = {}
-    previous = 0.0
+    seconds = kimg = previous_kimg = 0.0
+    complete = timed = 0
     for line in lines:
-        kimg_of[id(line)] = line["kimg"] - previous
-        previous = line["kimg"]
-    seconds = sum(line["sec_per_tick"] for line in timed)
-    kimg = sum(kimg_of[id(line)] for line in timed)
-    return {"timed_ticks": len(timed), "s_per_kimg": seconds / kimg if kimg > 0 else None,
+        tick_kimg, previous_kimg = line["kimg"] - previous_kimg, line["kimg"]
+        if line.get("partial"):
+            continue
+        complete += 1
+        if complete > 1:
+            timed, seconds, kimg = timed + 1, seconds + line["sec_per_tick"], kimg + tick_kimg
+    return {"timed_ticks": timed, "s_per_kimg": seconds / kimg if kimg > 0 else None,
             "warmup_s": lines[0]["sec_per_tick"] if lines else None}
 
 
@@ -291,8 +290,8 @@ def part_b(sizes: Sizes, info: Dict[str, Any], workspace, seconds: float) -> Dic
         say(f"(b) {result['precision']}{' compiled' if compiled else ''}: "
             + (f"{result['s_per_kimg']:.2f} s/kimg over {result['timed_ticks']} ticks after the warm-up"
                if result["s_per_kimg"] is not None else "no complete tick after the warm-up (out of time)")
-            + f"; first step done {fmt(result['first_step_s'], 1)} s after the call started, warm-up tick {fmt(result['warmup_s'], 1)} s, "
-            f"finite losses {result['finite']}, p {result['augment_p'][-1]:.3f}"
+            + f"; first step done {fmt(result['first_step_s'], 1)} s after the call started, warm-up tick "
+            f"{fmt(result['warmup_s'], 1)} s, finite losses {result['finite']}, p {result['augment_p'][-1]:.3f}"
             + (f", peak {result['gpu_mem_gb']:.2f} GB" if result["gpu_mem_gb"] is not None else ""))
         if not result["finite"]:
             errors.append(f"(b) training amp {amp}{' compiled' if compiled else ''}: a loss became NaN or inf")
