@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mura_aug.devices import (AMP_MODES, GLIBC_DEFAULT_MMAP_MAX, GLIBC_DEFAULT_TRIM_THRESHOLD,
-                              cuda_training_backends, glibc_malloc_start_settings, is_out_of_memory, out_of_memory_line, precision,
-                              resolve_device, reuse_freed_cpu_memory)
+                              cuda_training_backends, glibc_malloc_start_settings, is_out_of_memory,
+                              out_of_memory_line, precision, resolve_device, reuse_freed_cpu_memory)
 from mura_aug.errors import UserError
 
 

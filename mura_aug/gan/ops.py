@@ -25,8 +25,11 @@ import torch.nn.functional as F
 from mura_aug.gan import winograd
 
 
+_TORCH_COMPILER = getattr(torch, "compiler", None)  # torch >= 2.1
+
+
 def _tracing_check():
-    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
+    check = getattr(_TORCH_COMPILER, "is_compiling", None)  # torch >= 2.3
     return check if check is not None else getattr(torch._dynamo, "is_compiling", lambda: False)
 
 
@@ -388,7 +391,7 @@ _CHANNELS_LAST_CPU_VENDORS = ("AMD",)  # cpu_vendor() values
 
 
 # torch.compile calls it once while tracing and keeps the answer (it cannot trace cpu_vendor's file read).
-_constant_while_compiling = getattr(getattr(torch, "compiler", None), "assume_constant_result", lambda fn: fn)
+_constant_while_compiling = getattr(_TORCH_COMPILER, "assume_constant_result", lambda fn: fn)
 
 
 @_constant_while_compiling
